@@ -1,0 +1,80 @@
+// Bad input gets an Error with a stable code, and the model keeps serving.
+import { test, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdtempSync, openSync, readSync, writeFileSync, closeSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { loadModel, DEFAULT_MODEL_PATH } from '../index.js'
+import { model, PARIS, rejectsWithCode, collect } from './helpers.mjs'
+
+after(async () => (await model()).close())
+
+const user = (content) => [{ role: 'user', content }]
+
+test('bad requests reject with ERR_INVALID_REQUEST naming the problem', async () => {
+  const m = await model()
+  const cases = [
+    [{}, /messages/],
+    [{ messages: [] }, /at least one/],
+    [{ messages: [{ role: 'wizard', content: 'hi' }] }, /role/],
+    [{ messages: [{ role: 'user', content: 42 }] }, /content/],
+    [{ messages: [{ role: 'user', content: { text: 'hi' } }] }, /content/],
+    [{ messages: user('hi'), max_tokens: -1 }, /max_tokens/],
+    [{ messages: user('hi'), max_tokens: 0 }, /max_tokens/],
+    [{ messages: user('hi'), temperature: 'hot' }, /temperature/],
+    [{ messages: user('hi'), stop: [''] }, /stop/],
+    [{ messages: user('hi'), n: 2 }, /`n`/],
+    [{ messages: user('hi'), tool_choice: 'required', tools: [{ type: 'function', function: { name: 'f' } }] }, /tool_choice/],
+    ['not an object', /object/],
+  ]
+  for (const [request, message] of cases) {
+    const err = await rejectsWithCode(assert, m.chat(request), 'ERR_INVALID_REQUEST')
+    assert.match(err.message, message, JSON.stringify(request))
+  }
+  const streamErr = await rejectsWithCode(assert, collect(m.chatStream({ messages: [] })), 'ERR_INVALID_REQUEST')
+  assert.match(streamErr.message, /at least one/)
+  const after = await m.chat({ messages: PARIS, temperature: 0 })
+  assert.match(after.choices[0].message.content, /Paris/)
+})
+
+test('a prompt plus max_tokens beyond the context is ERR_CONTEXT_LENGTH, not a truncation', async () => {
+  const m = await model()
+  const err = await rejectsWithCode(assert, m.chat({ messages: PARIS, max_tokens: 40_000 }), 'ERR_CONTEXT_LENGTH')
+  assert.match(err.message, /32768/)
+  const small = await loadModel({ contextLength: 64 })
+  try {
+    await rejectsWithCode(assert, small.chat({ messages: user('word '.repeat(100)) }), 'ERR_CONTEXT_LENGTH')
+    const ok = await small.chat({ messages: PARIS, temperature: 0, max_tokens: 5 })
+    assert.ok(ok.usage.total_tokens <= 64)
+  } finally {
+    await small.close()
+  }
+})
+
+test('model loading failures carry codes', async () => {
+  await rejectsWithCode(assert, loadModel({ modelPath: 'models/does-not-exist.gguf' }), 'ERR_MODEL_NOT_FOUND')
+  const dir = mkdtempSync(join(tmpdir(), 'qwen-native-test-'))
+  const notGguf = join(dir, 'notes.gguf')
+  writeFileSync(notGguf, 'this is not a model')
+  await rejectsWithCode(assert, loadModel({ modelPath: notGguf }), 'ERR_MODEL_LOAD')
+  // The first 4 MiB of the real file: a valid header whose tensors run past the end.
+  const truncated = join(dir, 'truncated.gguf')
+  const buf = Buffer.alloc(4 << 20)
+  const fd = openSync(DEFAULT_MODEL_PATH, 'r')
+  readSync(fd, buf, 0, buf.length, 0)
+  closeSync(fd)
+  writeFileSync(truncated, buf)
+  const err = await rejectsWithCode(assert, loadModel({ modelPath: truncated }), 'ERR_MODEL_LOAD')
+  assert.match(err.message, /truncated|corrupt/)
+  await rejectsWithCode(assert, loadModel({ modelPath: dir }), 'ERR_MODEL_LOAD')
+  await rejectsWithCode(assert, loadModel({ device: 'tpu' }), 'ERR_INVALID_REQUEST')
+  await rejectsWithCode(assert, loadModel({ contextLenght: 10 }), 'ERR_INVALID_REQUEST')
+})
+
+test('a closed model rejects with ERR_CLOSED', async () => {
+  const m = await loadModel()
+  await m.close()
+  await rejectsWithCode(assert, m.chat({ messages: PARIS }), 'ERR_CLOSED')
+  assert.throws(() => m.tokenize('hi'), (e) => e.code === 'ERR_CLOSED')
+  await m.close() // idempotent
+})

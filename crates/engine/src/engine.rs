@@ -1,0 +1,425 @@
+//! The engine: one worker thread owns the model and runs queued requests; each request gets its
+//! own event channel and cancel flag, and a dropped receiver cancels it.
+
+use crate::error::{EngineError, Result};
+use crate::generate::{generate, Event, GenerationParams};
+use crate::loader::{self, LoadOptions, LoadedModel, ModelInfo, ProgressFn};
+use crate::request::ChatRequest;
+use crate::response::ResponseMeta;
+use crate::sampling::SamplingParams;
+use crate::template::ChatTemplate;
+use crate::tokenizer::Tokenizer;
+use candle_core::{DType, Device};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+/// How to load a model, as the caller states it.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub model_path: PathBuf,
+    /// "auto", "cpu", "cuda" or "cuda:N".
+    pub device: String,
+    /// "auto", "f32", "f16" or "bf16".
+    pub dtype: String,
+    pub context_length: Option<usize>,
+    /// CPU compute threads for the process (candle's pool is global: the first model sets it).
+    pub threads: Option<usize>,
+    /// Requests waiting beyond this are refused with `ERR_OVERLOADED`.
+    pub max_queue: usize,
+}
+
+impl EngineOptions {
+    pub fn new(model_path: impl Into<PathBuf>) -> Self {
+        Self {
+            model_path: model_path.into(),
+            device: "auto".into(),
+            dtype: "auto".into(),
+            context_length: None,
+            threads: None,
+            max_queue: 64,
+        }
+    }
+}
+
+fn parse_device(s: &str) -> Result<Device> {
+    let cuda = |ordinal: usize| {
+        Device::new_cuda(ordinal)
+            .map_err(|e| EngineError::load(format!("device \"{s}\" is not available: {e}")))
+    };
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+        "cuda" => cuda(0),
+        _ => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(n) => cuda(n),
+            None => Err(EngineError::invalid(format!(
+                "device must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", got \"{s}\""
+            ))),
+        },
+    }
+}
+
+fn parse_dtype(s: &str) -> Result<Option<DType>> {
+    match s {
+        "auto" => Ok(None),
+        "f32" => Ok(Some(DType::F32)),
+        "f16" => Ok(Some(DType::F16)),
+        "bf16" => Ok(Some(DType::BF16)),
+        _ => Err(EngineError::invalid(format!(
+            "dtype must be \"auto\", \"f32\", \"f16\" or \"bf16\", got \"{s}\""
+        ))),
+    }
+}
+
+/// candle's CPU thread pool is process-wide and sized from the environment on first use.
+fn apply_threads(threads: Option<usize>) {
+    if let Some(n) = threads.filter(|n| *n > 0) {
+        if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+            std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        }
+    }
+}
+
+struct Job {
+    request: ChatRequest,
+    cancel: Arc<AtomicBool>,
+    events: UnboundedSender<Result<Event>>,
+}
+
+/// State shared by the caller side and the worker.
+struct Shared {
+    tokenizer: Arc<Tokenizer>,
+    template: Arc<ChatTemplate>,
+    info: ModelInfo,
+    defaults: SamplingParams,
+    closed: AtomicBool,
+    queued: AtomicUsize,
+    max_queue: usize,
+}
+
+pub struct Engine {
+    shared: Arc<Shared>,
+    queue: Mutex<Option<mpsc::Sender<Job>>>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A running request: its events, in order, end with `Event::Finished` or one error.
+/// Dropping it cancels the request.
+pub struct Generation {
+    pub meta: ResponseMeta,
+    pub include_usage: bool,
+    events: UnboundedReceiver<Result<Event>>,
+    cancel: Arc<AtomicBool>,
+    started: bool,
+    done: bool,
+}
+
+impl Generation {
+    pub async fn next(&mut self) -> Option<Result<Event>> {
+        self.events.recv().await
+    }
+
+    pub fn blocking_next(&mut self) -> Option<Result<Event>> {
+        self.events.blocking_recv()
+    }
+
+    /// Stops the request at its next token step; it then ends with `ERR_ABORTED`.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+
+    /// The next stream chunks for this request (OpenAI `chat.completion.chunk`s), or `None`
+    /// once the stream has ended.
+    pub async fn next_chunks(&mut self) -> Option<Result<Vec<serde_json::Value>>> {
+        if self.done {
+            return None;
+        }
+        let event = match self.next().await {
+            Some(Ok(e)) => e,
+            Some(Err(e)) => {
+                self.done = true;
+                return Some(Err(e));
+            }
+            None => return None,
+        };
+        let mut chunks = Vec::new();
+        if !self.started {
+            self.started = true;
+            chunks.push(self.meta.role_chunk());
+        }
+        match event {
+            Event::Text(t) => chunks.push(self.meta.content_chunk(&t)),
+            Event::Finished { reason, usage } => {
+                self.done = true;
+                chunks.push(self.meta.finish_chunk(reason));
+                if self.include_usage {
+                    chunks.push(self.meta.usage_chunk(usage));
+                }
+            }
+        }
+        Some(Ok(chunks))
+    }
+
+    /// Waits for the whole answer as one OpenAI `chat.completion` object.
+    pub async fn completion(&mut self) -> Result<serde_json::Value> {
+        let mut text = String::new();
+        while let Some(event) = self.next().await {
+            match event? {
+                Event::Text(t) => text.push_str(&t),
+                Event::Finished { reason, usage } => {
+                    self.done = true;
+                    return Ok(self.meta.completion(&text, reason, usage));
+                }
+            }
+        }
+        Err(EngineError::Internal(
+            "the engine ended the request without an answer".into(),
+        ))
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+impl Engine {
+    /// Loads the model (blocking; call it off the JS thread) and starts the worker.
+    pub fn load(options: &EngineOptions, progress: Option<&mut ProgressFn<'_>>) -> Result<Self> {
+        apply_threads(options.threads);
+        let device = parse_device(&options.device)?;
+        let dtype = parse_dtype(&options.dtype)?;
+        let loaded = loader::load(
+            &options.model_path,
+            &LoadOptions {
+                device,
+                dtype,
+                context_length: options.context_length,
+            },
+            progress,
+        )?;
+        Ok(Self::start(loaded, options.max_queue))
+    }
+
+    fn start(loaded: LoadedModel, max_queue: usize) -> Self {
+        let LoadedModel {
+            model,
+            tokenizer,
+            template,
+            eos,
+            defaults,
+            info,
+        } = loaded;
+        let shared = Arc::new(Shared {
+            tokenizer: Arc::new(tokenizer),
+            template: Arc::new(template),
+            info,
+            defaults,
+            closed: AtomicBool::new(false),
+            queued: AtomicUsize::new(0),
+            max_queue: max_queue.max(1),
+        });
+        let (tx, rx) = mpsc::channel::<Job>();
+        let worker_shared = shared.clone();
+        let worker = std::thread::Builder::new()
+            .name("qwen-engine".into())
+            .spawn(move || {
+                let worker = Worker {
+                    model,
+                    eos,
+                    shared: worker_shared,
+                };
+                while let Ok(job) = rx.recv() {
+                    worker.run(job);
+                    worker.shared.queued.fetch_sub(1, Ordering::SeqCst);
+                }
+            })
+            .expect("spawning the engine thread");
+        Self {
+            shared,
+            queue: Mutex::new(Some(tx)),
+            worker: Mutex::new(Some(worker)),
+        }
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.shared.info
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.shared.tokenizer
+    }
+
+    pub fn template(&self) -> &ChatTemplate {
+        &self.shared.template
+    }
+
+    /// The model's sampling defaults, applied where a request leaves a setting out.
+    pub fn defaults(&self) -> &SamplingParams {
+        &self.shared.defaults
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
+    }
+
+    /// Validates an OpenAI-shaped request body and queues it.
+    pub fn submit_json(&self, body: &serde_json::Value) -> Result<Generation> {
+        self.submit(ChatRequest::from_json(body, &self.shared.defaults)?)
+    }
+
+    pub fn submit(&self, request: ChatRequest) -> Result<Generation> {
+        if self.is_closed() {
+            return Err(EngineError::Closed);
+        }
+        let queue = self
+            .queue
+            .lock()
+            .map_err(|_| EngineError::Internal("queue lock poisoned".into()))?;
+        let Some(tx) = queue.as_ref() else {
+            return Err(EngineError::Closed);
+        };
+        if self.shared.queued.load(Ordering::SeqCst) >= self.shared.max_queue {
+            return Err(EngineError::Overloaded(format!(
+                "{} requests are already waiting for this model; retry later or raise maxQueue",
+                self.shared.max_queue
+            )));
+        }
+        let (events_tx, events_rx) = unbounded_channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let include_usage = request.include_usage;
+        self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        tx.send(Job {
+            request,
+            cancel: cancel.clone(),
+            events: events_tx,
+        })
+        .map_err(|_| EngineError::Closed)?;
+        Ok(Generation {
+            meta: ResponseMeta::new(&self.shared.info.name),
+            include_usage,
+            events: events_rx,
+            cancel,
+            started: false,
+            done: false,
+        })
+    }
+
+    /// Stops accepting requests, ends the running and queued ones with `ERR_CLOSED`, waits for
+    /// the worker and frees the model. Blocking; idempotent.
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        if let Ok(mut q) = self.queue.lock() {
+            q.take();
+        }
+        let worker = self.worker.lock().ok().and_then(|mut w| w.take());
+        if let Some(w) = worker {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Renders and tokenizes a request, and fixes how many tokens it may generate.
+pub fn prepare_prompt(
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    request: &ChatRequest,
+    context_length: usize,
+) -> Result<(Vec<u32>, usize)> {
+    let rendered = template.render_marked(
+        &request.messages,
+        request.tools.as_deref(),
+        true,
+        &tokenizer.control_tokens(),
+    )?;
+    let prompt = tokenizer.encode_segments(&rendered.segments())?;
+    let room = context_length.saturating_sub(prompt.len());
+    match request.max_tokens {
+        Some(max) if max <= room => Ok((prompt, max)),
+        None if room >= 1 => Ok((prompt, room)),
+        requested => Err(EngineError::ContextLength(format!(
+            "this model's context is {context_length} tokens, but the request needs {} ({} in the messages, {} to generate); shorten the conversation{}",
+            prompt.len() + requested.unwrap_or(1),
+            prompt.len(),
+            requested.unwrap_or(1),
+            if requested.is_some() { " or lower max_tokens" } else { "" }
+        ))),
+    }
+}
+
+struct Worker {
+    model: crate::model::Qwen2,
+    eos: Vec<u32>,
+    shared: Arc<Shared>,
+}
+
+impl Worker {
+    fn run(&self, job: Job) {
+        let events = job.events.clone();
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.run_job(&job)))
+            .unwrap_or_else(|panic| Err(EngineError::Internal(panic_message(&panic))));
+        if let Err(e) = outcome {
+            let _ = events.send(Err(e));
+        }
+    }
+
+    fn run_job(&self, job: &Job) -> Result<()> {
+        let interrupt = || {
+            if self.shared.closed.load(Ordering::SeqCst) {
+                Some(EngineError::Closed)
+            } else if job.cancel.load(Ordering::Relaxed) || job.events.is_closed() {
+                Some(EngineError::Aborted)
+            } else {
+                None
+            }
+        };
+        if let Some(e) = interrupt() {
+            return Err(e);
+        }
+        let (prompt, max_tokens) = prepare_prompt(
+            &self.shared.tokenizer,
+            &self.shared.template,
+            &job.request,
+            self.model.max_positions(),
+        )?;
+        let params = GenerationParams {
+            max_tokens,
+            sampling: job.request.sampling.clone(),
+            stop: job.request.stop.clone(),
+            eos: self.eos.clone(),
+        };
+        generate(
+            &self.model,
+            &self.shared.tokenizer,
+            &prompt,
+            &params,
+            &interrupt,
+            &mut |event| job.events.send(Ok(event)).is_ok(),
+        )
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    format!("the engine panicked while serving a request ({what}); the model keeps serving")
+}

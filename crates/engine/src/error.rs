@@ -1,0 +1,63 @@
+//! The engine's error type: one variant per failure a caller can act on, each with a stable code.
+
+use std::fmt::Display;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The request is malformed; the message names the field and what to change.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// No file or directory at the model path.
+    #[error("{0}")]
+    ModelNotFound(String),
+    /// The model exists but cannot be loaded (wrong architecture, corrupt, unsupported type).
+    #[error("{0}")]
+    ModelLoad(String),
+    /// Prompt plus requested tokens do not fit the context window.
+    #[error("{0}")]
+    ContextLength(String),
+    /// The caller cancelled the request.
+    #[error("the request was aborted")]
+    Aborted,
+    /// The model was closed before or while the request ran.
+    #[error("the model is closed; load it again with loadModel()")]
+    Closed,
+    /// The request queue is full.
+    #[error("{0}")]
+    Overloaded(String),
+    /// A bug or an unexpected failure of the compute backend.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    /// The stable code JS callers switch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "ERR_INVALID_REQUEST",
+            Self::ModelNotFound(_) => "ERR_MODEL_NOT_FOUND",
+            Self::ModelLoad(_) => "ERR_MODEL_LOAD",
+            Self::ContextLength(_) => "ERR_CONTEXT_LENGTH",
+            Self::Aborted => "ERR_ABORTED",
+            Self::Closed => "ERR_CLOSED",
+            Self::Overloaded(_) => "ERR_OVERLOADED",
+            Self::Internal(_) => "ERR_INTERNAL",
+        }
+    }
+
+    pub fn invalid(msg: impl Display) -> Self {
+        Self::InvalidRequest(msg.to_string())
+    }
+
+    pub fn load(msg: impl Display) -> Self {
+        Self::ModelLoad(msg.to_string())
+    }
+}
+
+impl From<candle_core::Error> for EngineError {
+    fn from(e: candle_core::Error) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -1,0 +1,26 @@
+//! qwen-engine: Qwen2.5 chat inference on candle, with no Node or Python in sight.
+//!
+//! Data flows `request` (validate) -> `template` (render) -> `tokenizer` (encode) -> `generate`
+//! (model forward over a `kv_cache`, `sampling`, `detokenize`, `stop`) -> `response` (OpenAI
+//! shapes). `engine` owns the model on a worker thread and queues requests.
+
+pub mod config;
+pub mod detokenize;
+pub mod engine;
+pub mod error;
+pub mod generate;
+pub mod kv_cache;
+pub mod loader;
+pub mod model;
+pub mod request;
+pub mod response;
+pub mod sampling;
+pub mod stop;
+pub mod template;
+pub mod tokenizer;
+
+pub use candle_core;
+pub use engine::{Engine, EngineOptions, Generation};
+pub use error::{EngineError, Result};
+pub use generate::Event;
+pub use response::{FinishReason, Usage};

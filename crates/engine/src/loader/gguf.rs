@@ -1,0 +1,238 @@
+//! GGUF files: memory-mapped, tensors materialised one at a time with progress reports.
+
+use super::{
+    finish, qwen_defaults, LoadOptions, LoadedModel, Progress, ProgressFn, WeightName, WeightSource,
+};
+use crate::config::ModelConfig;
+use crate::error::{EngineError, Result};
+use crate::template::ChatTemplate;
+use crate::tokenizer::Tokenizer;
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Tensor};
+use std::io::Cursor;
+use std::path::Path;
+
+pub struct GgufSource<'p> {
+    map: memmap2::Mmap,
+    content: gguf_file::Content,
+    device: Device,
+    dtype: DType,
+    progress: Progress<'p>,
+}
+
+impl<'p> GgufSource<'p> {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path)
+            .map_err(|e| EngineError::load(format!("cannot open {}: {e}", path.display())))?;
+        // SAFETY: the mapping is read-only and lives as long as the source; a file changed on disk
+        // while loading is the caller's problem, as with any mmap-based loader.
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| EngineError::load(format!("cannot map {}: {e}", path.display())))?;
+        if map.len() < 4 || &map[..4] != b"GGUF" {
+            return Err(EngineError::load(format!(
+                "{} is not a GGUF file (no GGUF magic)",
+                path.display()
+            )));
+        }
+        let content = gguf_file::Content::read(&mut Cursor::new(&map[..])).map_err(|e| {
+            EngineError::load(format!(
+                "{} is corrupt or uses an unsupported GGUF feature: {e}",
+                path.display()
+            ))
+        })?;
+        let mut total = 0u64;
+        for (name, info) in &content.tensor_infos {
+            let bytes = tensor_bytes(info);
+            let end = content.tensor_data_offset + info.offset + bytes;
+            if end > map.len() as u64 {
+                return Err(EngineError::load(format!(
+                    "{} is truncated: tensor {name} ends at byte {end} but the file has {} bytes",
+                    path.display(),
+                    map.len()
+                )));
+            }
+            total += bytes;
+        }
+        Ok(Self {
+            map,
+            content,
+            device: Device::Cpu,
+            dtype: DType::F32,
+            progress: Progress::new(total),
+        })
+    }
+
+    /// Where tensors go and in which dtype dense weights are kept.
+    pub fn target(mut self, device: &Device, dtype: DType) -> Self {
+        self.device = device.clone();
+        self.dtype = dtype;
+        self
+    }
+
+    pub fn on_progress(mut self, f: &'p mut ProgressFn<'p>) -> Self {
+        self.progress.set_callback(f);
+        self
+    }
+
+    pub fn content(&self) -> &gguf_file::Content {
+        &self.content
+    }
+
+    /// The weight storage types present, most frequent first, e.g. "Q5_0 x133, F32 x121".
+    pub fn quantization_summary(&self) -> String {
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        for info in self.content.tensor_infos.values() {
+            let name = format!("{:?}", info.ggml_dtype);
+            match counts.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((name, 1)),
+            }
+        }
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        counts
+            .iter()
+            .map(|(n, c)| format!("{n} x{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn info(&self, name: WeightName) -> Result<&gguf_file::TensorInfo> {
+        let key = name.gguf();
+        self.content
+            .tensor_infos
+            .get(&key)
+            .ok_or_else(|| EngineError::load(format!("GGUF file lacks tensor {key}")))
+    }
+
+    fn read(&mut self, name: WeightName, device: &Device) -> Result<QTensor> {
+        let key = name.gguf();
+        let bytes = tensor_bytes(self.info(name)?);
+        let t = self
+            .content
+            .tensor(&mut Cursor::new(&self.map[..]), &key, device)
+            .map_err(|e| EngineError::load(format!("cannot read tensor {key}: {e}")))?;
+        self.progress.advance(bytes);
+        Ok(t)
+    }
+}
+
+fn tensor_bytes(info: &gguf_file::TensorInfo) -> u64 {
+    let elems = info.shape.elem_count();
+    (elems / info.ggml_dtype.block_size() * info.ggml_dtype.type_size()) as u64
+}
+
+/// candle's CPU kernels for these types are scalar; their values are re-blocked as Q8_0 (a
+/// SIMD kernel, 8-bit, so at most a half-step rounding change per weight) at load.
+fn slow_on_cpu(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1)
+}
+
+impl WeightSource for GgufSource<'_> {
+    fn contains(&self, name: WeightName) -> bool {
+        self.content.tensor_infos.contains_key(&name.gguf())
+    }
+
+    fn matrix(&mut self, name: WeightName) -> Result<QMatMul> {
+        let device = self.device.clone();
+        match self.info(name)?.ggml_dtype {
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                let t = self.read(name, &Device::Cpu)?;
+                let dense = t.dequantize(&device)?.to_dtype(self.dtype)?;
+                Ok(QMatMul::Tensor(dense))
+            }
+            d if slow_on_cpu(d) && device.is_cpu() => {
+                let t = self.read(name, &device)?;
+                let t = QTensor::quantize(&t.dequantize(&device)?, GgmlDType::Q8_0)?;
+                Ok(QMatMul::from_qtensor(t)?)
+            }
+            _ => Ok(QMatMul::from_qtensor(self.read(name, &device)?)?),
+        }
+    }
+
+    fn vector(&mut self, name: WeightName) -> Result<Tensor> {
+        let t = self.read(name, &Device::Cpu)?;
+        Ok(t.dequantize(&self.device)?.to_dtype(self.dtype)?)
+    }
+}
+
+/// llama.cpp's `general.file_type` names for the common types.
+fn file_type_name(code: u32) -> Option<&'static str> {
+    Some(match code {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        7 => "Q8_0",
+        8 => "Q5_0",
+        9 => "Q5_1",
+        10 => "Q2_K",
+        11 => "Q3_K_S",
+        12 => "Q3_K_M",
+        13 => "Q3_K_L",
+        14 => "Q4_K_S",
+        15 => "Q4_K_M",
+        16 => "Q5_K_S",
+        17 => "Q5_K_M",
+        18 => "Q6_K",
+        32 => "BF16",
+        _ => return None,
+    })
+}
+
+pub(super) fn load(
+    path: &Path,
+    opts: &LoadOptions,
+    progress: Option<&mut ProgressFn<'_>>,
+) -> Result<LoadedModel> {
+    let dtype = opts.dtype.unwrap_or(DType::F32);
+    let mut src = GgufSource::open(path)?.target(&opts.device, dtype);
+    if let Some(p) = progress {
+        src = src.on_progress(p);
+    }
+    let md = &src.content().metadata;
+    let cfg = ModelConfig::from_gguf(src.content())?;
+    let tokenizer = Tokenizer::from_gguf(src.content())?;
+    let text = |key: &str| md.get(key).and_then(|v| v.to_string().ok()).cloned();
+    let id = |key: &str| md.get(key).and_then(|v| v.to_u32().ok());
+    let template_src = text("tokenizer.chat_template").ok_or_else(|| {
+        EngineError::load(format!(
+            "{} has no chat template (tokenizer.chat_template); use an Instruct model",
+            path.display()
+        ))
+    })?;
+    let token_text = |id: Option<u32>| id.map(|i| tokenizer.decode(&[i])).unwrap_or_default();
+    let template = ChatTemplate::new(
+        &template_src,
+        &token_text(id("tokenizer.ggml.bos_token_id")),
+        &token_text(id("tokenizer.ggml.eos_token_id")),
+    )?;
+    let mut eos: Vec<u32> = id("tokenizer.ggml.eos_token_id").into_iter().collect();
+    for t in ["<|im_end|>", "<|endoftext|>"] {
+        if let Some(i) = tokenizer.added_token_id(t) {
+            if !eos.contains(&i) {
+                eos.push(i);
+            }
+        }
+    }
+    let name = text("general.name").unwrap_or_else(|| {
+        path.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    let file_type = id("general.file_type").and_then(file_type_name);
+    let quantization = match file_type {
+        Some(t) => format!("{t} ({})", src.quantization_summary()),
+        None => src.quantization_summary(),
+    };
+    finish(
+        &cfg,
+        &mut src,
+        tokenizer,
+        template,
+        eos,
+        qwen_defaults(),
+        opts,
+        dtype,
+        (name, "gguf", quantization),
+    )
+}

@@ -1,0 +1,284 @@
+//! Reading weights from disk: one naming scheme for the model, one source per file format.
+
+mod gguf;
+mod hf_dir;
+
+pub use gguf::GgufSource;
+pub use hf_dir::HfDirSource;
+
+use crate::config::ModelConfig;
+use crate::error::{EngineError, Result};
+use crate::model::Qwen2;
+use crate::sampling::SamplingParams;
+use crate::template::ChatTemplate;
+use crate::tokenizer::Tokenizer;
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+use std::path::Path;
+
+/// Everything a model directory or file provides, ready to serve.
+pub struct LoadedModel {
+    pub model: Qwen2,
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+    /// Token ids that end a turn.
+    pub eos: Vec<u32>,
+    /// The model's recommended sampling settings.
+    pub defaults: SamplingParams,
+    pub info: ModelInfo,
+}
+
+/// What `model.info` reports.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelInfo {
+    pub architecture: String,
+    pub name: String,
+    /// "gguf" or "safetensors".
+    pub format: String,
+    pub parameters: u64,
+    pub context_length: usize,
+    pub trained_context_length: usize,
+    pub vocab_size: usize,
+    pub layers: usize,
+    pub hidden_size: usize,
+    pub device: String,
+    pub dtype: String,
+    pub quantization: String,
+    pub threads: usize,
+}
+
+/// Where and how to load.
+pub struct LoadOptions {
+    pub device: Device,
+    /// Activation and dense-weight dtype; `None` picks f32 on CPU and the checkpoint's own
+    /// dtype on GPUs.
+    pub dtype: Option<DType>,
+    /// Usable context; `None` means the model's trained context.
+    pub context_length: Option<usize>,
+}
+
+/// Qwen2.5's published generation_config.json values, for files that carry none (GGUF).
+pub fn qwen_defaults() -> SamplingParams {
+    SamplingParams {
+        temperature: 0.7,
+        top_p: 0.8,
+        top_k: 20,
+        seed: None,
+        repetition_penalty: 1.05,
+        presence_penalty: 0.0,
+        frequency_penalty: 0.0,
+    }
+}
+
+/// Loads a GGUF file or a Hugging Face directory.
+pub fn load(
+    path: &Path,
+    opts: &LoadOptions,
+    progress: Option<&mut ProgressFn<'_>>,
+) -> Result<LoadedModel> {
+    if !path.exists() {
+        return Err(EngineError::ModelNotFound(format!(
+            "no model at {}: pass modelPath, set MODEL_PATH, or run `npm run fetch-model` for the default model",
+            path.display()
+        )));
+    }
+    if path.is_dir() {
+        hf_dir::load(path, opts, progress)
+    } else {
+        gguf::load(path, opts, progress)
+    }
+}
+
+/// The usable context: the requested length, capped by what the model was trained for.
+fn context_length(cfg: &ModelConfig, opts: &LoadOptions) -> Result<usize> {
+    match opts.context_length {
+        None => Ok(cfg.max_position_embeddings),
+        Some(n) if n >= 1 && n <= cfg.max_position_embeddings => Ok(n),
+        Some(n) => Err(EngineError::load(format!(
+            "contextLength {n} is outside 1..={} (the model's trained context)",
+            cfg.max_position_embeddings
+        ))),
+    }
+}
+
+fn parameter_count(cfg: &ModelConfig) -> u64 {
+    let (h, i, v) = (
+        cfg.hidden_size as u64,
+        cfg.intermediate_size as u64,
+        cfg.vocab_size as u64,
+    );
+    let kv = (cfg.num_kv_heads * cfg.head_dim) as u64;
+    let attn = h * h + h + 2 * (h * kv + kv) + h * h;
+    let per_layer = attn + 3 * h * i + 2 * h;
+    let heads = if cfg.tie_word_embeddings { 1 } else { 2 };
+    cfg.num_layers as u64 * per_layer + heads * v * h + h
+}
+
+fn device_name(d: &Device) -> String {
+    match d.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+/// Assembles the loaded pieces and the info object that describes them.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    cfg: &ModelConfig,
+    src: &mut dyn WeightSource,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    eos: Vec<u32>,
+    defaults: SamplingParams,
+    opts: &LoadOptions,
+    dtype: DType,
+    identity: (String, &str, String),
+) -> Result<LoadedModel> {
+    let ctx = context_length(cfg, opts)?;
+    let model = Qwen2::load(cfg, src, ctx, dtype, &opts.device)?;
+    let (name, format, quantization) = identity;
+    let info = ModelInfo {
+        architecture: "qwen2".into(),
+        name,
+        format: format.into(),
+        parameters: parameter_count(cfg),
+        context_length: ctx,
+        trained_context_length: cfg.max_position_embeddings,
+        vocab_size: cfg.vocab_size,
+        layers: cfg.num_layers,
+        hidden_size: cfg.hidden_size,
+        device: device_name(&opts.device),
+        dtype: dtype.as_str().to_string(),
+        quantization,
+        threads: candle_core::utils::get_num_threads(),
+    };
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        template,
+        eos,
+        defaults,
+        info,
+    })
+}
+
+/// A weight of the Qwen2 network, named independently of the file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightName {
+    TokenEmbedding,
+    OutputNorm,
+    LmHead,
+    Layer(usize, LayerWeight),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerWeight {
+    AttnNorm,
+    Q,
+    QBias,
+    K,
+    KBias,
+    V,
+    VBias,
+    O,
+    FfnNorm,
+    Gate,
+    Up,
+    Down,
+}
+
+impl WeightName {
+    pub fn gguf(&self) -> String {
+        use LayerWeight::*;
+        match self {
+            Self::TokenEmbedding => "token_embd.weight".into(),
+            Self::OutputNorm => "output_norm.weight".into(),
+            Self::LmHead => "output.weight".into(),
+            Self::Layer(i, w) => {
+                let leaf = match w {
+                    AttnNorm => "attn_norm.weight",
+                    Q => "attn_q.weight",
+                    QBias => "attn_q.bias",
+                    K => "attn_k.weight",
+                    KBias => "attn_k.bias",
+                    V => "attn_v.weight",
+                    VBias => "attn_v.bias",
+                    O => "attn_output.weight",
+                    FfnNorm => "ffn_norm.weight",
+                    Gate => "ffn_gate.weight",
+                    Up => "ffn_up.weight",
+                    Down => "ffn_down.weight",
+                };
+                format!("blk.{i}.{leaf}")
+            }
+        }
+    }
+
+    pub fn hf(&self) -> String {
+        use LayerWeight::*;
+        match self {
+            Self::TokenEmbedding => "model.embed_tokens.weight".into(),
+            Self::OutputNorm => "model.norm.weight".into(),
+            Self::LmHead => "lm_head.weight".into(),
+            Self::Layer(i, w) => {
+                let leaf = match w {
+                    AttnNorm => "input_layernorm.weight",
+                    Q => "self_attn.q_proj.weight",
+                    QBias => "self_attn.q_proj.bias",
+                    K => "self_attn.k_proj.weight",
+                    KBias => "self_attn.k_proj.bias",
+                    V => "self_attn.v_proj.weight",
+                    VBias => "self_attn.v_proj.bias",
+                    O => "self_attn.o_proj.weight",
+                    FfnNorm => "post_attention_layernorm.weight",
+                    Gate => "mlp.gate_proj.weight",
+                    Up => "mlp.up_proj.weight",
+                    Down => "mlp.down_proj.weight",
+                };
+                format!("model.layers.{i}.{leaf}")
+            }
+        }
+    }
+}
+
+/// Bytes of weights loaded so far, out of the total, for progress reporting.
+pub type ProgressFn<'a> = dyn FnMut(u64, u64) + 'a;
+
+/// A file format the model's weights can come from. Matrices keep their storage type where the
+/// backend has a kernel for it; vectors (norms, biases) come back in the compute dtype.
+pub trait WeightSource {
+    fn contains(&self, name: WeightName) -> bool;
+    fn matrix(&mut self, name: WeightName) -> Result<QMatMul>;
+    fn vector(&mut self, name: WeightName) -> Result<Tensor>;
+}
+
+/// Counts loaded bytes and forwards them to an optional callback.
+pub(crate) struct Progress<'p> {
+    loaded: u64,
+    total: u64,
+    callback: Option<&'p mut ProgressFn<'p>>,
+}
+
+impl<'p> Progress<'p> {
+    pub(crate) fn new(total: u64) -> Self {
+        Self {
+            loaded: 0,
+            total,
+            callback: None,
+        }
+    }
+
+    pub(crate) fn set_callback(&mut self, f: &'p mut ProgressFn<'p>) {
+        self.callback = Some(f);
+    }
+
+    pub(crate) fn advance(&mut self, bytes: u64) {
+        self.loaded += bytes;
+        if let Some(f) = self.callback.as_mut() {
+            f(self.loaded, self.total);
+        }
+    }
+}

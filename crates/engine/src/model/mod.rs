@@ -1,0 +1,5 @@
+//! Network definitions. The KV cache is passed in by the caller, never held by the model.
+
+mod qwen2;
+
+pub use qwen2::Qwen2;

@@ -1,0 +1,309 @@
+//! The Qwen2 decoder (Qwen2 / Qwen2.5): token embedding, N pre-norm blocks of grouped-query
+//! attention with RoPE and a SwiGLU MLP, final RMSNorm and the LM head.
+
+use crate::config::ModelConfig;
+use crate::error::{EngineError, Result};
+use crate::kv_cache::KvCache;
+use crate::loader::{LayerWeight, WeightName, WeightSource};
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Tensor};
+
+struct Linear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn load(src: &mut dyn WeightSource, w: WeightName, b: Option<WeightName>) -> Result<Self> {
+        let bias = match b {
+            Some(b) if src.contains(b) => Some(src.vector(b)?),
+            _ => None,
+        };
+        Ok(Self {
+            weight: src.matrix(w)?,
+            bias,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = self.weight.forward(x)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::rms_norm(x, &self.weight, self.eps)
+    }
+}
+
+/// cos/sin tables for rotary position embeddings (the "neox" half-split layout Qwen2 uses).
+struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rotary {
+    fn new(cfg: &ModelConfig, max_positions: usize, dtype: DType, dev: &Device) -> Result<Self> {
+        let half = cfg.head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f32 / cfg.head_dim as f32))
+            .collect();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, half), dev)?;
+        let positions = Tensor::arange(0u32, max_positions as u32, dev)?
+            .to_dtype(DType::F32)?
+            .reshape((max_positions, 1))?;
+        let freqs = positions.broadcast_mul(&inv_freq)?;
+        Ok(Self {
+            cos: freqs.cos()?.to_dtype(dtype)?,
+            sin: freqs.sin()?.to_dtype(dtype)?,
+        })
+    }
+
+    fn apply(&self, x: &Tensor, start: usize) -> candle_core::Result<Tensor> {
+        let n = x.dim(2)?;
+        let cos = self.cos.narrow(0, start, n)?;
+        let sin = self.sin.narrow(0, start, n)?;
+        candle_nn::rotary_emb::rope(x, &cos, &sin)
+    }
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rotary: &Rotary,
+        cache: &mut KvCache,
+        layer: usize,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let (b, n, hidden) = x.dims3()?;
+        let start = cache.len();
+        let heads = |t: Tensor, h: usize| {
+            t.reshape((b, n, h, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = heads(self.q.forward(x)?, self.num_heads)?;
+        let k = heads(self.k.forward(x)?, self.num_kv_heads)?;
+        let v = heads(self.v.forward(x)?, self.num_kv_heads)?;
+        let q = rotary.apply(&q, start)?;
+        let k = rotary.apply(&k, start)?;
+        let (k, v) = cache.append(layer, &k, &v)?;
+        let total = k.dim(2)?;
+
+        // Grouped-query attention without copying K/V per head: the query heads that share a KV
+        // head are adjacent, so (b, heads, n, d) reshapes to (b, kv_heads, group * n, d).
+        let group = self.num_heads / self.num_kv_heads;
+        let q = q.reshape((b, self.num_kv_heads, group * n, self.head_dim))?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let mut scores = (q.matmul(&k.t()?)? * scale)?;
+        if let Some(mask) = mask {
+            scores = scores
+                .reshape((b, self.num_kv_heads, group, n, total))?
+                .broadcast_add(mask)?
+                .reshape((b, self.num_kv_heads, group * n, total))?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let y = probs
+            .matmul(&v)?
+            .reshape((b, self.num_heads, n, self.head_dim))?
+            .transpose(1, 2)?
+            .reshape((b, n, hidden))?;
+        self.o.forward(&y)
+    }
+}
+
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate.forward(x)?)?;
+        self.down.forward(&(gate * self.up.forward(x)?)?)
+    }
+}
+
+struct Block {
+    attn_norm: RmsNorm,
+    attn: Attention,
+    ffn_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// A loaded Qwen2 network. Immutable after load: all per-sequence state lives in a [`KvCache`].
+pub struct Qwen2 {
+    cfg: ModelConfig,
+    embed: QMatMul,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: QMatMul,
+    rotary: Rotary,
+    max_positions: usize,
+    dtype: DType,
+    device: Device,
+}
+
+impl Qwen2 {
+    /// Builds the network from any weight source. `max_positions` bounds the rotary tables (the
+    /// usable context); `dtype` is the activation dtype.
+    pub fn load(
+        cfg: &ModelConfig,
+        src: &mut dyn WeightSource,
+        max_positions: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let eps = cfg.rms_norm_eps as f32;
+        let embed = src.matrix(WeightName::TokenEmbedding)?;
+        let mut blocks = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let w = |lw| WeightName::Layer(i, lw);
+            use LayerWeight::*;
+            blocks.push(Block {
+                attn_norm: RmsNorm {
+                    weight: src.vector(w(AttnNorm))?,
+                    eps,
+                },
+                attn: Attention {
+                    q: Linear::load(src, w(Q), Some(w(QBias)))?,
+                    k: Linear::load(src, w(K), Some(w(KBias)))?,
+                    v: Linear::load(src, w(V), Some(w(VBias)))?,
+                    o: Linear::load(src, w(O), None)?,
+                    num_heads: cfg.num_heads,
+                    num_kv_heads: cfg.num_kv_heads,
+                    head_dim: cfg.head_dim,
+                },
+                ffn_norm: RmsNorm {
+                    weight: src.vector(w(FfnNorm))?,
+                    eps,
+                },
+                mlp: Mlp {
+                    gate: Linear::load(src, w(Gate), None)?,
+                    up: Linear::load(src, w(Up), None)?,
+                    down: Linear::load(src, w(Down), None)?,
+                },
+            });
+        }
+        let norm = RmsNorm {
+            weight: src.vector(WeightName::OutputNorm)?,
+            eps,
+        };
+        // Tied embeddings (the small Qwen2.5 models) have no separate head; GGUF files omit it.
+        let lm_head = if src.contains(WeightName::LmHead) {
+            src.matrix(WeightName::LmHead)?
+        } else {
+            embed.clone()
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            rotary: Rotary::new(cfg, max_positions, dtype, device)?,
+            max_positions,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Positions the model can attend over (the rotary tables' length).
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// A fresh, empty KV cache shaped for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(&self.cfg, self.dtype, &self.device)
+    }
+
+    /// Runs `tokens` after the positions already in `cache`, appends their keys/values to it and
+    /// returns the next-token logits (f32, vocab-sized) at the last position.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let n = tokens.len();
+        let start = cache.len();
+        if n == 0 {
+            return Err(EngineError::Internal("forward with no tokens".into()));
+        }
+        if start + n > self.max_positions {
+            return Err(EngineError::ContextLength(format!(
+                "{} positions exceed the context window of {}",
+                start + n,
+                self.max_positions
+            )));
+        }
+        cache.reserve(start + n)?;
+        let ids = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
+        let mut x = self.embed.embedding(&ids)?.to_dtype(self.dtype)?;
+        let mask = if n > 1 {
+            Some(causal_mask(n, start, self.dtype, &self.device)?)
+        } else {
+            None
+        };
+        for (i, block) in self.blocks.iter().enumerate() {
+            let h = block.attn_norm.forward(&x)?;
+            let h = block
+                .attn
+                .forward(&h, &self.rotary, cache, i, mask.as_ref())?;
+            x = (x + h)?;
+            let h = block.mlp.forward(&block.ffn_norm.forward(&x)?)?;
+            x = (x + h)?;
+        }
+        cache.commit(n);
+        let last = x.narrow(1, n - 1, 1)?;
+        let logits = self.lm_head.forward(&self.norm.forward(&last)?)?;
+        Ok(logits.squeeze(0)?.squeeze(0)?.to_dtype(DType::F32)?)
+    }
+}
+
+/// (n, start + n) additive mask: query i (at position start + i) sees keys 0..=start + i.
+fn causal_mask(n: usize, start: usize, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    let total = start + n;
+    let mask: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > start + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (n, total), dev)?.to_dtype(dtype)
+}

@@ -1,0 +1,389 @@
+//! Chat requests in the OpenAI Chat Completions wire shape, validated once at the edge.
+//! Every rule has its own message naming the field and what to change.
+
+use crate::error::{EngineError, Result};
+use crate::sampling::SamplingParams;
+use serde_json::{Map, Value};
+
+/// A validated chat request. Messages are already in the shape chat templates expect.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub messages: Vec<Value>,
+    pub tools: Option<Vec<Value>>,
+    pub max_tokens: Option<usize>,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    /// `stream_options.include_usage`: a final chunk carries `usage`.
+    pub include_usage: bool,
+}
+
+/// The model's recommended sampling settings, used where a request leaves one out.
+pub type GenerationDefaults = SamplingParams;
+
+const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
+const MAX_STOP: usize = 16;
+
+fn invalid<T>(msg: impl std::fmt::Display) -> Result<T> {
+    Err(EngineError::invalid(msg))
+}
+
+impl ChatRequest {
+    pub fn from_json(body: &Value, defaults: &GenerationDefaults) -> Result<Self> {
+        let Some(body) = body.as_object() else {
+            return invalid("the request must be an object with a `messages` array");
+        };
+        let messages = match body.get("messages") {
+            Some(Value::Array(m)) if !m.is_empty() => m
+                .iter()
+                .enumerate()
+                .map(|(i, m)| normalize_message(i, m))
+                .collect::<Result<Vec<_>>>()?,
+            Some(Value::Array(_)) => {
+                return invalid("`messages` must contain at least one message")
+            }
+            Some(_) => return invalid("`messages` must be an array of message objects"),
+            None => return invalid("`messages` is required"),
+        };
+        if let Some(n) = body.get("n").filter(|v| !v.is_null()) {
+            if n.as_u64() != Some(1) {
+                return invalid("`n` must be 1: qwen-native returns one choice per request");
+            }
+        }
+        let tools = parse_tools(body.get("tools"))?;
+        match body.get("tool_choice") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s == "auto" || s == "none" => {}
+            Some(other) => {
+                return invalid(format!(
+                    "`tool_choice` {other} is not supported yet (use \"auto\" or \"none\"); it is never ignored silently"
+                ))
+            }
+        }
+        let tools = match body.get("tool_choice").and_then(Value::as_str) {
+            Some("none") => None,
+            _ => tools,
+        };
+        match body.get("response_format") {
+            None | Some(Value::Null) => {}
+            Some(f) if f.get("type").and_then(Value::as_str) == Some("text") => {}
+            Some(f) => {
+                return invalid(format!(
+                    "`response_format` {f} is not supported yet; only {{\"type\": \"text\"}}"
+                ))
+            }
+        }
+        let max_tokens = match (body.get("max_completion_tokens"), body.get("max_tokens")) {
+            (Some(v), _) if !v.is_null() => Some(positive_int(v, "max_completion_tokens")?),
+            (_, Some(v)) if !v.is_null() => Some(positive_int(v, "max_tokens")?),
+            _ => None,
+        };
+        let sampling = SamplingParams {
+            temperature: number_in(body, "temperature", 0.0, 2.0)?.unwrap_or(defaults.temperature),
+            top_p: match number_in(body, "top_p", 0.0, 1.0)? {
+                Some(p) if p <= 0.0 => {
+                    return invalid("`top_p` must be greater than 0 and at most 1")
+                }
+                Some(p) => p,
+                None => defaults.top_p,
+            },
+            top_k: match body.get("top_k").filter(|v| !v.is_null()) {
+                Some(v) => v.as_u64().map(|k| k as usize).ok_or_else(|| {
+                    EngineError::invalid("`top_k` must be a non-negative integer")
+                })?,
+                None => defaults.top_k,
+            },
+            seed: match body.get("seed").filter(|v| !v.is_null()) {
+                Some(v) => Some(
+                    v.as_u64()
+                        .or_else(|| v.as_i64().map(|s| s as u64))
+                        .ok_or_else(|| EngineError::invalid("`seed` must be an integer"))?,
+                ),
+                None => None,
+            },
+            repetition_penalty: match number_in(body, "repetition_penalty", 0.0, 10.0)? {
+                Some(p) if p <= 0.0 => {
+                    return invalid("`repetition_penalty` must be greater than 0")
+                }
+                Some(p) => p,
+                None => defaults.repetition_penalty,
+            },
+            presence_penalty: number_in(body, "presence_penalty", -2.0, 2.0)?.unwrap_or(0.0),
+            frequency_penalty: number_in(body, "frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0),
+        };
+        let stop = match body.get("stop") {
+            None | Some(Value::Null) => vec![],
+            Some(Value::String(s)) if !s.is_empty() => vec![s.clone()],
+            Some(Value::Array(a)) if a.len() <= MAX_STOP => a
+                .iter()
+                .map(|s| match s.as_str() {
+                    Some(s) if !s.is_empty() => Ok(s.to_string()),
+                    _ => invalid("`stop` entries must be non-empty strings"),
+                })
+                .collect::<Result<_>>()?,
+            Some(_) => {
+                return invalid(format!(
+                    "`stop` must be a non-empty string or an array of at most {MAX_STOP} non-empty strings"
+                ))
+            }
+        };
+        let include_usage = body
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        Ok(Self {
+            messages,
+            tools,
+            max_tokens,
+            sampling,
+            stop,
+            include_usage,
+        })
+    }
+}
+
+fn positive_int(v: &Value, name: &str) -> Result<usize> {
+    match v.as_u64() {
+        Some(n) if n >= 1 => Ok(n as usize),
+        _ => invalid(format!("`{name}` must be a positive integer, got {v}")),
+    }
+}
+
+fn number_in(body: &Map<String, Value>, name: &str, lo: f64, hi: f64) -> Result<Option<f32>> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(x) if (lo..=hi).contains(&x) => Ok(Some(x as f32)),
+            _ => invalid(format!(
+                "`{name}` must be a number from {lo} to {hi}, got {v}"
+            )),
+        },
+    }
+}
+
+/// Text of a content field: a string, or an array of `{type: "text", text}` parts.
+fn content_text(i: usize, content: &Value) -> Result<Option<String>> {
+    match content {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s.clone())),
+        Value::Array(parts) => parts
+            .iter()
+            .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                (Some("text"), Some(t)) => Ok(t.to_string()),
+                (Some(kind), _) if kind != "text" => invalid(format!(
+                    "messages[{i}].content has a `{kind}` part; this model reads text parts only"
+                )),
+                _ => invalid(format!("messages[{i}].content parts must be {{\"type\": \"text\", \"text\": string}}")),
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(|t| Some(t.concat())),
+        other => invalid(format!(
+            "messages[{i}].content must be a string or an array of text parts, got {}",
+            json_kind(other)
+        )),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Checks one OpenAI message and rewrites it into the template's shape: string content,
+/// `developer` as `system`, tool-call arguments parsed from their JSON string.
+fn normalize_message(i: usize, m: &Value) -> Result<Value> {
+    let Some(obj) = m.as_object() else {
+        return invalid(format!(
+            "messages[{i}] must be an object with `role` and `content`"
+        ));
+    };
+    let role = match obj.get("role").and_then(Value::as_str) {
+        Some(r) if ROLES.contains(&r) => r,
+        Some(r) => {
+            return invalid(format!(
+                "messages[{i}].role must be one of system, developer, user, assistant, tool; got \"{r}\""
+            ))
+        }
+        None => return invalid(format!("messages[{i}].role is required and must be a string")),
+    };
+    let content = content_text(i, obj.get("content").unwrap_or(&Value::Null))?;
+    let tool_calls = match obj.get("tool_calls") {
+        Some(Value::Array(calls)) if role == "assistant" => Some(
+            calls
+                .iter()
+                .enumerate()
+                .map(|(j, c)| normalize_tool_call(i, j, c))
+                .collect::<Result<Vec<_>>>()?,
+        ),
+        None | Some(Value::Null) => None,
+        Some(_) if role != "assistant" => {
+            return invalid(format!(
+                "messages[{i}].tool_calls is only allowed on assistant messages"
+            ))
+        }
+        Some(_) => return invalid(format!("messages[{i}].tool_calls must be an array")),
+    };
+    if content.is_none() && tool_calls.is_none() {
+        return invalid(format!(
+            "messages[{i}].content is required (a string) for a {role} message"
+        ));
+    }
+    let mut out = Map::new();
+    let role = if role == "developer" { "system" } else { role };
+    out.insert("role".into(), role.into());
+    out.insert("content".into(), content.map_or(Value::Null, Value::String));
+    if let Some(calls) = tool_calls {
+        out.insert("tool_calls".into(), Value::Array(calls));
+    }
+    if role == "tool" {
+        match obj.get("tool_call_id") {
+            Some(Value::String(id)) => {
+                out.insert("tool_call_id".into(), id.clone().into());
+            }
+            None | Some(Value::Null) => {}
+            Some(_) => return invalid(format!("messages[{i}].tool_call_id must be a string")),
+        }
+    }
+    if let Some(name) = obj.get("name") {
+        match name.as_str() {
+            Some(n) => {
+                out.insert("name".into(), n.into());
+            }
+            None => return invalid(format!("messages[{i}].name must be a string")),
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+fn normalize_tool_call(i: usize, j: usize, call: &Value) -> Result<Value> {
+    let at = format!("messages[{i}].tool_calls[{j}]");
+    let function = call
+        .get("function")
+        .and_then(Value::as_object)
+        .ok_or_else(|| EngineError::invalid(format!("{at}.function must be an object")))?;
+    let name = function
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| EngineError::invalid(format!("{at}.function.name must be a string")))?;
+    // OpenAI sends arguments as a JSON string; chat templates expect the object.
+    let arguments = match function.get("arguments") {
+        Some(Value::String(s)) => serde_json::from_str(s).map_err(|e| {
+            EngineError::invalid(format!("{at}.function.arguments is not valid JSON: {e}"))
+        })?,
+        Some(v @ Value::Object(_)) => v.clone(),
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(_) => return invalid(format!("{at}.function.arguments must be a JSON string")),
+    };
+    let mut out = Map::new();
+    if let Some(id) = call.get("id") {
+        out.insert("id".into(), id.clone());
+    }
+    out.insert("type".into(), "function".into());
+    out.insert(
+        "function".into(),
+        serde_json::json!({ "name": name, "arguments": arguments }),
+    );
+    Ok(Value::Object(out))
+}
+
+fn parse_tools(tools: Option<&Value>) -> Result<Option<Vec<Value>>> {
+    let tools = match tools {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(t)) if t.is_empty() => return Ok(None),
+        Some(Value::Array(t)) => t,
+        Some(_) => {
+            return invalid("`tools` must be an array of {type: \"function\", function: {...}}")
+        }
+    };
+    let mut names = std::collections::HashSet::new();
+    for (i, t) in tools.iter().enumerate() {
+        if t.get("type").and_then(Value::as_str) != Some("function") {
+            return invalid(format!("tools[{i}].type must be \"function\""));
+        }
+        let name = t
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                EngineError::invalid(format!(
+                    "tools[{i}].function.name must be a non-empty string"
+                ))
+            })?;
+        if !names.insert(name) {
+            return invalid(format!(
+                "tools[{i}].function.name \"{name}\" is declared twice"
+            ));
+        }
+    }
+    Ok(Some(tools.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(body: Value) -> Result<ChatRequest> {
+        ChatRequest::from_json(&body, &SamplingParams::greedy())
+    }
+
+    fn message_of(body: Value) -> String {
+        check(body).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn rejects_bad_requests_naming_the_field() {
+        assert!(message_of(json!({})).contains("`messages` is required"));
+        assert!(message_of(json!({"messages": []})).contains("at least one"));
+        assert!(
+            message_of(json!({"messages": [{"role": "robot", "content": "x"}]}))
+                .contains("messages[0].role")
+        );
+        assert!(
+            message_of(json!({"messages": [{"role": "user", "content": 42}]})).contains("a number")
+        );
+        assert!(message_of(
+            json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": -1})
+        )
+        .contains("max_tokens"));
+        assert!(message_of(
+            json!({"messages": [{"role": "user", "content": "x"}], "temperature": 3})
+        )
+        .contains("temperature"));
+        assert!(message_of(
+            json!({"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"})
+        )
+        .contains("tool_choice"));
+    }
+
+    #[test]
+    fn normalizes_openai_messages_for_the_template() {
+        let r = check(json!({
+            "messages": [
+                {"role": "developer", "content": [{"type": "text", "text": "be "}, {"type": "text", "text": "brief"}]},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "ok"}
+            ],
+            "stop": "END", "max_tokens": 5
+        }))
+        .unwrap();
+        assert_eq!(
+            r.messages[0],
+            json!({"role": "system", "content": "be brief"})
+        );
+        assert_eq!(
+            r.messages[1]["tool_calls"][0]["function"]["arguments"],
+            json!({"a": 1})
+        );
+        assert_eq!(r.stop, vec!["END"]);
+        assert_eq!(r.max_tokens, Some(5));
+    }
+}

@@ -1,0 +1,177 @@
+// qwen-native: Qwen2.5-Instruct chat inside the Node.js process.
+// Requests and responses follow the OpenAI Chat Completions wire shape (snake_case);
+// library options are camelCase.
+
+/** Error codes every rejection carries in `error.code`. */
+export type QwenErrorCode =
+  | 'ERR_INVALID_REQUEST'
+  | 'ERR_MODEL_NOT_FOUND'
+  | 'ERR_MODEL_LOAD'
+  | 'ERR_CONTEXT_LENGTH'
+  | 'ERR_ABORTED'
+  | 'ERR_CLOSED'
+  | 'ERR_OVERLOADED'
+  | 'ERR_INTERNAL'
+
+export interface QwenError extends Error {
+  code: QwenErrorCode
+}
+
+export interface LoadProgress {
+  loadedBytes: number
+  totalBytes: number
+}
+
+export interface LoadModelOptions {
+  /** GGUF file or Hugging Face directory. Default: `MODEL_PATH` env, else the package's default model. */
+  modelPath?: string
+  /** Default 'auto': CUDA when the addon was built with it and a GPU is present, else CPU. */
+  device?: 'auto' | 'cpu' | 'cuda' | `cuda:${number}`
+  /** Activation dtype. Default 'auto': f32 on CPU, the checkpoint's dtype on GPU. */
+  dtype?: 'auto' | 'bf16' | 'f16' | 'f32'
+  /** Usable context in tokens; default and maximum: the model's trained context. */
+  contextLength?: number
+  /** CPU compute threads. The pool is process-wide: the first model loaded sets it. Default: physical cores. */
+  threads?: number
+  /** Requests allowed to wait; more are rejected with ERR_OVERLOADED. Default 64. */
+  maxQueue?: number
+  /** Called as weights load, at most once per percent. */
+  onProgress?: (progress: LoadProgress) => void
+}
+
+export interface TextContentPart {
+  type: 'text'
+  text: string
+}
+
+export interface ToolCall {
+  id: string
+  type: 'function'
+  function: { name: string; arguments: string }
+}
+
+export type ChatMessage =
+  | { role: 'system' | 'developer'; content: string | TextContentPart[]; name?: string }
+  | { role: 'user'; content: string | TextContentPart[]; name?: string }
+  | { role: 'assistant'; content?: string | TextContentPart[] | null; tool_calls?: ToolCall[]; name?: string }
+  | { role: 'tool'; content: string | TextContentPart[]; tool_call_id: string; name?: string }
+
+export interface FunctionTool {
+  type: 'function'
+  function: {
+    name: string
+    description?: string
+    /** JSON Schema of the arguments object. */
+    parameters?: Record<string, unknown>
+    strict?: boolean
+  }
+}
+
+export interface ChatCompletionRequest {
+  messages: ChatMessage[]
+  /** Tools rendered into the prompt by the model's chat template. */
+  tools?: FunctionTool[]
+  /** 'auto' (default) or 'none'. Other values are rejected until constrained tool calling lands. */
+  tool_choice?: 'auto' | 'none'
+  /** Upper bound on generated tokens. Default: the rest of the context. */
+  max_tokens?: number
+  max_completion_tokens?: number
+  /** 0 = greedy. Default: the model's generation config (Qwen2.5: 0.7). */
+  temperature?: number
+  /** Default: the model's generation config (Qwen2.5: 0.8). */
+  top_p?: number
+  /** Extension: default from the model's generation config (Qwen2.5: 20); 0 disables. */
+  top_k?: number
+  /** Extension (HF-style): default from the generation config (Qwen2.5: 1.05). */
+  repetition_penalty?: number
+  presence_penalty?: number
+  frequency_penalty?: number
+  /** Same seed, same request, same model and threads: same output. */
+  seed?: number
+  /** Up to 16 strings; generation stops before them and they are not returned. */
+  stop?: string | string[]
+  stream_options?: { include_usage?: boolean }
+  response_format?: { type: 'text' }
+  /** Ignored: the model is the loaded one. */
+  model?: string
+  /** Ignored: use chat() or chatStream(). */
+  stream?: boolean
+  n?: 1
+}
+
+export type FinishReason = 'stop' | 'length' | 'tool_calls'
+
+export interface Usage {
+  prompt_tokens: number
+  completion_tokens: number
+  total_tokens: number
+}
+
+export interface ChatCompletion {
+  id: string
+  object: 'chat.completion'
+  created: number
+  model: string
+  choices: Array<{
+    index: 0
+    message: { role: 'assistant'; content: string | null; tool_calls?: ToolCall[] }
+    logprobs: null
+    finish_reason: FinishReason
+  }>
+  usage: Usage
+}
+
+export interface ChatCompletionChunk {
+  id: string
+  object: 'chat.completion.chunk'
+  created: number
+  model: string
+  /** Empty in the final usage chunk (stream_options.include_usage). */
+  choices: Array<{
+    index: 0
+    delta: { role?: 'assistant'; content?: string }
+    logprobs: null
+    finish_reason: FinishReason | null
+  }>
+  usage?: Usage
+}
+
+export interface RequestOptions {
+  /** Aborting rejects with ERR_ABORTED and stops the generation at its next token step. */
+  signal?: AbortSignal
+}
+
+export interface ModelInfo {
+  architecture: 'qwen2'
+  name: string
+  format: 'gguf' | 'safetensors'
+  parameters: number
+  contextLength: number
+  trainedContextLength: number
+  vocabSize: number
+  layers: number
+  hiddenSize: number
+  device: string
+  dtype: string
+  quantization: string
+  threads: number
+}
+
+export declare class Model {
+  private constructor()
+  readonly info: ModelInfo
+  chat(request: ChatCompletionRequest, options?: RequestOptions): Promise<ChatCompletion>
+  /** Breaking out of `for await` cancels the generation. */
+  chatStream(request: ChatCompletionRequest, options?: RequestOptions): AsyncIterableIterator<ChatCompletionChunk>
+  /** Plain-text tokenization: control-token text such as `<|im_start|>` stays text. */
+  tokenize(text: string): Uint32Array
+  detokenize(ids: Uint32Array | number[]): string
+  applyChatTemplate(messages: ChatMessage[], options?: { tools?: FunctionTool[]; addGenerationPrompt?: boolean }): string
+  /** Ends running and queued requests with ERR_CLOSED and frees the model. Idempotent. */
+  close(): Promise<void>
+}
+
+export declare function loadModel(options?: LoadModelOptions): Promise<Model>
+
+/** Where the default model lives inside the package (`npm run fetch-model` puts it there). */
+export declare const DEFAULT_MODEL_PATH: string

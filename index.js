@@ -1,0 +1,229 @@
+'use strict'
+// qwen-native: the JS API. Wraps the native addon with OpenAI-shaped promises and async
+// iterators, AbortSignal support, error codes and the default model path.
+
+const path = require('node:path')
+const native = require('./qwen-native.node')
+
+/** The default model, fetched by `npm run fetch-model`; resolved relative to this package. */
+const DEFAULT_MODEL_PATH = path.join(__dirname, 'models', 'qwen2.5-coder-0.5b-instruct-q4_k_m.gguf')
+
+const CODE_PREFIX = /^(ERR_[A-Z_]+): ([\s\S]*)$/
+// napi's own argument-conversion failures: the caller passed the wrong JS type.
+const NAPI_TYPE_ERRORS = new Set(['InvalidArg', 'ObjectExpected', 'StringExpected', 'NumberExpected', 'BooleanExpected', 'ArrayExpected', 'FunctionExpected', 'BigintExpected'])
+
+function codedError(code, message, cause) {
+  const err = new Error(message, cause === undefined ? undefined : { cause })
+  err.code = code
+  return err
+}
+
+/** Gives every error out of the addon a stable `code`. */
+function toError(err) {
+  if (!(err instanceof Error)) return codedError('ERR_INTERNAL', String(err))
+  if (typeof err.code === 'string' && err.code.startsWith('ERR_')) return err
+  const m = CODE_PREFIX.exec(err.message)
+  if (m) return codedError(m[1], m[2])
+  if (NAPI_TYPE_ERRORS.has(err.code)) return codedError('ERR_INVALID_REQUEST', err.message, err)
+  return codedError('ERR_INTERNAL', err.message, err)
+}
+
+function abortError(signal) {
+  return codedError('ERR_ABORTED', 'the request was aborted', signal?.reason)
+}
+
+/** Settles with `promise`, or rejects with ERR_ABORTED as soon as `signal` fires. */
+function raceAbort(promise, signal) {
+  promise.catch(() => {}) // a request cancelled by abort still settles later; nobody waits for it
+  if (!signal) return promise
+  if (signal.aborted) return Promise.reject(abortError(signal))
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(abortError(signal))
+    signal.addEventListener('abort', onAbort, { once: true })
+    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
+  })
+}
+
+function checkSignal(options) {
+  if (options == null) return undefined
+  if (typeof options !== 'object') throw codedError('ERR_INVALID_REQUEST', 'options must be an object like { signal }')
+  const { signal } = options
+  if (signal != null && !(signal instanceof AbortSignal)) throw codedError('ERR_INVALID_REQUEST', 'options.signal must be an AbortSignal')
+  return signal ?? undefined
+}
+
+/** Starts a native request, cancelling it when `signal` fires. */
+function start(nativeModel, request, signal) {
+  if (signal?.aborted) throw abortError(signal)
+  let generation
+  try {
+    generation = nativeModel.start(request)
+  } catch (err) {
+    throw toError(err)
+  }
+  const onAbort = () => generation.cancel()
+  signal?.addEventListener('abort', onAbort, { once: true })
+  const release = () => signal?.removeEventListener('abort', onAbort)
+  return { generation, release }
+}
+
+class ChatStream {
+  #model
+  #request
+  #signal
+  #started = null
+  #buffer = []
+  #done = false
+
+  constructor(nativeModel, request, signal) {
+    this.#model = nativeModel
+    this.#request = request
+    this.#signal = signal
+    // Queue the request now so it starts while the caller sets up its loop; report a bad request
+    // from the first next(), where `for await` delivers errors.
+    try {
+      this.#started = start(nativeModel, request, signal)
+    } catch (err) {
+      this.#started = { error: err }
+    }
+  }
+
+  [Symbol.asyncIterator]() {
+    return this
+  }
+
+  async next() {
+    if (this.#buffer.length > 0) return { value: this.#buffer.shift(), done: false }
+    if (this.#done) return { value: undefined, done: true }
+    const started = this.#started
+    if (started.error) {
+      this.#done = true
+      throw started.error
+    }
+    let chunks
+    try {
+      chunks = await raceAbort(started.generation.nextChunks(), this.#signal)
+    } catch (err) {
+      this.#finish()
+      throw toError(err)
+    }
+    if (chunks === null || chunks.length === 0) {
+      this.#finish()
+      return { value: undefined, done: true }
+    }
+    this.#buffer.push(...chunks)
+    return { value: this.#buffer.shift(), done: false }
+  }
+
+  /** Called by `break` / `return` inside `for await`: cancels the request. */
+  async return(value) {
+    this.#finish()
+    return { value, done: true }
+  }
+
+  #finish() {
+    this.#done = true
+    this.#buffer = []
+    if (this.#started?.generation) {
+      this.#started.generation.cancel()
+      this.#started.release()
+    }
+  }
+}
+
+class Model {
+  #native
+
+  constructor(nativeModel) {
+    this.#native = nativeModel
+  }
+
+  /** Architecture, size, context length, device, dtype and quantization of the loaded model. */
+  get info() {
+    return this.#native.info
+  }
+
+  /** An OpenAI Chat Completions request in, a `chat.completion` object out. */
+  async chat(request, options) {
+    const signal = checkSignal(options)
+    const { generation, release } = start(this.#native, request, signal)
+    try {
+      return await raceAbort(generation.completion(), signal)
+    } catch (err) {
+      throw toError(err)
+    } finally {
+      release()
+    }
+  }
+
+  /** The same request, answered as an async iterable of `chat.completion.chunk` objects. */
+  chatStream(request, options) {
+    return new ChatStream(this.#native, request, checkSignal(options))
+  }
+
+  /** Token ids of `text`, tokenized as plain text (control-token text is not special). */
+  tokenize(text) {
+    if (typeof text !== 'string') throw codedError('ERR_INVALID_REQUEST', 'tokenize(text) needs a string')
+    try {
+      return this.#native.tokenize(text)
+    } catch (err) {
+      throw toError(err)
+    }
+  }
+
+  /** Text of token ids (special tokens included). */
+  detokenize(ids) {
+    if (!(ids instanceof Uint32Array) && !Array.isArray(ids)) throw codedError('ERR_INVALID_REQUEST', 'detokenize(ids) needs a Uint32Array or an array of token ids')
+    try {
+      return this.#native.detokenize(Array.from(ids))
+    } catch (err) {
+      throw toError(err)
+    }
+  }
+
+  /** The prompt the model sees for `messages`, rendered with its own chat template. */
+  applyChatTemplate(messages, options = {}) {
+    try {
+      return this.#native.applyChatTemplate(messages, { tools: options.tools, addGenerationPrompt: options.addGenerationPrompt ?? true })
+    } catch (err) {
+      throw toError(err)
+    }
+  }
+
+  /** Ends running and queued requests with ERR_CLOSED and frees the model's memory. */
+  async close() {
+    try {
+      await this.#native.close()
+    } catch (err) {
+      throw toError(err)
+    }
+  }
+}
+
+const LOAD_OPTIONS = new Set(['modelPath', 'device', 'dtype', 'contextLength', 'threads', 'maxQueue', 'onProgress'])
+
+/** Loads a Qwen2.5 model (GGUF file or Hugging Face directory) on engine threads. */
+async function loadModel(options = {}) {
+  if (options === null || typeof options !== 'object') throw codedError('ERR_INVALID_REQUEST', 'loadModel(options) needs an options object')
+  for (const key of Object.keys(options)) {
+    if (!LOAD_OPTIONS.has(key)) throw codedError('ERR_INVALID_REQUEST', `unknown option "${key}"; known: ${[...LOAD_OPTIONS].join(', ')}`)
+  }
+  const { modelPath, device, dtype, contextLength, threads, maxQueue, onProgress } = options
+  if (modelPath != null && typeof modelPath !== 'string') throw codedError('ERR_INVALID_REQUEST', 'modelPath must be a string')
+  if (onProgress != null && typeof onProgress !== 'function') throw codedError('ERR_INVALID_REQUEST', 'onProgress must be a function')
+  for (const [name, value] of Object.entries({ contextLength, threads, maxQueue })) {
+    if (value != null && !(Number.isInteger(value) && value > 0)) throw codedError('ERR_INVALID_REQUEST', `${name} must be a positive integer`)
+  }
+  const resolved = path.resolve(modelPath ?? process.env.MODEL_PATH ?? DEFAULT_MODEL_PATH)
+  try {
+    const nativeModel = await native.loadNativeModel(
+      { modelPath: resolved, device, dtype, contextLength, threads, maxQueue },
+      onProgress ? (p) => onProgress(p) : undefined,
+    )
+    return new Model(nativeModel)
+  } catch (err) {
+    throw toError(err)
+  }
+}
+
+module.exports = { loadModel, Model, DEFAULT_MODEL_PATH }
