@@ -8,6 +8,7 @@ pub mod config;
 pub mod detokenize;
 pub mod engine;
 pub mod error;
+pub mod export;
 pub mod generate;
 pub mod kv_cache;
 pub mod loader;

@@ -122,6 +122,10 @@ impl Tokenizer {
             split.into(),
             ByteLevel::new(false, false, false).into(),
         ])));
+        // Decoding is ours (`pieces`); the decoder makes an exported tokenizer.json complete.
+        tk.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::new(
+            false, false, false,
+        )));
         Ok(Self::assemble(tk, added))
     }
 
@@ -246,6 +250,24 @@ impl Tokenizer {
             pending.clear();
         }
         Ok(())
+    }
+
+    /// A Hugging Face `tokenizer.json` equivalent to this tokenizer (for exported model directories).
+    pub fn to_hf_json(&self) -> Result<String> {
+        let mut spec = serde_json::to_value(&self.bpe)
+            .map_err(|e| EngineError::Internal(format!("serializing the tokenizer: {e}")))?;
+        let mut added = self.added.clone();
+        added.sort_by_key(|t| t.id);
+        spec["added_tokens"] = added
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "id": t.id, "content": t.text, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": t.control,
+                })
+            })
+            .collect();
+        serde_json::to_string(&spec).map_err(|e| EngineError::Internal(e.to_string()))
     }
 
     /// The bytes of one token (empty for ids the vocabulary does not cover).

@@ -104,6 +104,11 @@ impl<'p> GgufSource<'p> {
             .ok_or_else(|| EngineError::load(format!("GGUF file lacks tensor {key}")))
     }
 
+    /// A weight as a dense f32 tensor on the CPU, whatever its storage type.
+    pub fn dequantized(&mut self, name: WeightName) -> Result<Tensor> {
+        Ok(self.read(name, &Device::Cpu)?.dequantize(&Device::Cpu)?)
+    }
+
     fn read(&mut self, name: WeightName, device: &Device) -> Result<QTensor> {
         let key = name.gguf();
         let bytes = tensor_bytes(self.info(name)?);

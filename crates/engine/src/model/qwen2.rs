@@ -255,6 +255,25 @@ impl Qwen2 {
     /// Runs `tokens` after the positions already in `cache`, appends their keys/values to it and
     /// returns the next-token logits (f32, vocab-sized) at the last position.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let hidden = self.hidden_states(tokens, cache)?;
+        let last = hidden.narrow(1, tokens.len() - 1, 1)?;
+        Ok(self.logits(&last)?.squeeze(0)?.squeeze(0)?)
+    }
+
+    /// Like [`forward`](Self::forward), but returns logits at every position: (tokens, vocab).
+    /// For scoring a known continuation in one pass (parity checks, evaluation).
+    pub fn forward_all(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let hidden = self.hidden_states(tokens, cache)?;
+        Ok(self.logits(&hidden)?.squeeze(0)?)
+    }
+
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let logits = self.lm_head.forward(&self.norm.forward(hidden)?)?;
+        Ok(logits.to_dtype(DType::F32)?)
+    }
+
+    /// The decoder stack over `tokens` (positions after `cache`): (1, tokens, hidden).
+    fn hidden_states(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
         let n = tokens.len();
         let start = cache.len();
         if n == 0 {
@@ -285,9 +304,7 @@ impl Qwen2 {
             x = (x + h)?;
         }
         cache.commit(n);
-        let last = x.narrow(1, n - 1, 1)?;
-        let logits = self.lm_head.forward(&self.norm.forward(&last)?)?;
-        Ok(logits.squeeze(0)?.squeeze(0)?.to_dtype(DType::F32)?)
+        Ok(x)
     }
 }
 

@@ -1,0 +1,36 @@
+use qwen_engine::candle_core::quantized::gguf_file;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The default model; a missing file fails the test with the command that fetches it.
+pub fn model_path() -> PathBuf {
+    let path = std::env::var_os("QWEN_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"));
+    assert!(
+        path.is_file(),
+        "test model missing at {}: run `npm run fetch-model`",
+        path.display()
+    );
+    path
+}
+
+/// The GGUF header and metadata of the default model, read once.
+pub fn gguf() -> &'static gguf_file::Content {
+    static CONTENT: OnceLock<gguf_file::Content> = OnceLock::new();
+    CONTENT.get_or_init(|| {
+        let mut f = std::fs::File::open(model_path()).expect("open model");
+        gguf_file::Content::read(&mut f).expect("read GGUF header")
+    })
+}
+
+pub fn chat_template_source() -> String {
+    gguf().metadata["tokenizer.chat_template"]
+        .to_string()
+        .expect("chat template")
+        .clone()
+}

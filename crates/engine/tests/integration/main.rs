@@ -1,0 +1,8 @@
+//! Integration tests on the real default model (fetched by `npm test`'s pretest step, or
+//! `npm run fetch-model`). One test binary, so candle is linked once.
+
+mod common;
+mod engine;
+mod safetensors_parity;
+mod template_parity;
+mod tokenizer_parity;
