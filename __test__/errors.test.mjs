@@ -71,8 +71,14 @@ test('model loading failures carry codes', async () => {
   await rejectsWithCode(assert, loadModel({ contextLenght: 10 }), 'ERR_INVALID_REQUEST')
 })
 
-test('a closed model rejects with ERR_CLOSED', async () => {
-  const m = await loadModel()
+test('onProgress reports loading up to the total, and a closed model rejects with ERR_CLOSED', async () => {
+  const reports = []
+  const m = await loadModel({ onProgress: (p) => reports.push(p) })
+  assert.ok(reports.length >= 2)
+  const last = reports.at(-1)
+  assert.equal(last.loadedBytes, last.totalBytes)
+  assert.ok(last.totalBytes > 400e6)
+  assert.ok(reports.every((p, i) => i === 0 || p.loadedBytes >= reports[i - 1].loadedBytes))
   await m.close()
   await rejectsWithCode(assert, m.chat({ messages: PARIS }), 'ERR_CLOSED')
   assert.throws(() => m.tokenize('hi'), (e) => e.code === 'ERR_CLOSED')

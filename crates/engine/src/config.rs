@@ -85,8 +85,19 @@ impl ModelConfig {
             num_key_value_heads: Option<usize>,
             max_position_embeddings: usize,
             rope_theta: Option<f32>,
+            /// transformers >= 5 writes `{"rope_theta": ..., "rope_type": ...}` here.
+            rope_parameters: Option<RopeParameters>,
+            rope_scaling: Option<RopeParameters>,
             rms_norm_eps: f64,
             tie_word_embeddings: Option<bool>,
+            use_sliding_window: Option<bool>,
+        }
+        #[derive(Deserialize)]
+        struct RopeParameters {
+            rope_theta: Option<f32>,
+            rope_type: Option<String>,
+            #[serde(rename = "type")]
+            legacy_type: Option<String>,
         }
         let hf: Hf = serde_json::from_str(json)
             .map_err(|e| EngineError::load(format!("config.json is not a Qwen2 config: {e}")))?;
@@ -98,6 +109,28 @@ impl ModelConfig {
                 )))
             }
         }
+        for rope in [&hf.rope_parameters, &hf.rope_scaling]
+            .into_iter()
+            .flatten()
+        {
+            match rope.rope_type.as_deref().or(rope.legacy_type.as_deref()) {
+                None | Some("default") => {}
+                Some(other) => {
+                    return Err(EngineError::load(format!(
+                        "config.json asks for `{other}` RoPE scaling, which qwen-native does not implement; remove rope_scaling to run at the trained context"
+                    )))
+                }
+            }
+        }
+        if hf.use_sliding_window == Some(true) {
+            return Err(EngineError::load(
+                "config.json enables sliding-window attention, which qwen-native does not implement",
+            ));
+        }
+        let rope_theta = hf
+            .rope_theta
+            .or_else(|| hf.rope_parameters.as_ref().and_then(|r| r.rope_theta))
+            .unwrap_or(1_000_000.0);
         Ok(Self {
             vocab_size: hf.vocab_size,
             hidden_size: hf.hidden_size,
@@ -107,7 +140,7 @@ impl ModelConfig {
             num_kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
             head_dim: hf.hidden_size / hf.num_attention_heads,
             max_position_embeddings: hf.max_position_embeddings,
-            rope_theta: hf.rope_theta.unwrap_or(1_000_000.0),
+            rope_theta,
             rms_norm_eps: hf.rms_norm_eps,
             tie_word_embeddings: hf.tie_word_embeddings.unwrap_or(false),
         })

@@ -4,30 +4,12 @@
 
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
-use crate::loader::{qwen_defaults, GgufSource, LayerWeight, WeightName, WeightSource};
+use crate::loader::{qwen_defaults, GgufSource, WeightName, WeightSource};
 use crate::tokenizer::Tokenizer;
 use candle_core::{DType, Tensor};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::Path;
-
-/// Every weight name of a Qwen2 network with `cfg`'s shape.
-fn weight_names(cfg: &ModelConfig) -> Vec<WeightName> {
-    use LayerWeight::*;
-    let mut names = vec![
-        WeightName::TokenEmbedding,
-        WeightName::OutputNorm,
-        WeightName::LmHead,
-    ];
-    for i in 0..cfg.num_layers {
-        for w in [
-            AttnNorm, Q, QBias, K, KBias, V, VBias, O, FfnNorm, Gate, Up, Down,
-        ] {
-            names.push(WeightName::Layer(i, w));
-        }
-    }
-    names
-}
 
 fn write(path: &Path, text: String) -> Result<()> {
     std::fs::write(path, text)
@@ -55,7 +37,7 @@ pub fn gguf_to_hf_dir(gguf: &Path, out: &Path, dtype: DType) -> Result<()> {
         .map_err(|e| EngineError::Internal(format!("creating {}: {e}", out.display())))?;
 
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    for name in weight_names(&cfg) {
+    for name in WeightName::all(&cfg) {
         if src.contains(name) {
             tensors.insert(name.hf(), src.dequantized(name)?.to_dtype(dtype)?);
         }

@@ -35,10 +35,14 @@ impl<'p> GgufSource<'p> {
             )));
         }
         let content = gguf_file::Content::read(&mut Cursor::new(&map[..])).map_err(|e| {
-            EngineError::load(format!(
-                "{} is corrupt or uses an unsupported GGUF feature: {e}",
-                path.display()
-            ))
+            let e = e.to_string();
+            match e.strip_prefix("unknown dtype for tensor ") {
+                Some(code) => EngineError::load(format!(
+                    "{} uses GGML tensor type {code}, which qwen-native does not support (use F32, F16, BF16, Q4_0-Q8_0 or a K-quant)",
+                    path.display()
+                )),
+                None => EngineError::load(format!("{} is corrupt: {e}", path.display())),
+            }
         })?;
         let mut total = 0u64;
         for (name, info) in &content.tensor_infos {

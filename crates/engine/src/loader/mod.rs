@@ -191,6 +191,29 @@ pub enum LayerWeight {
 }
 
 impl WeightName {
+    /// Every weight a Qwen2 network of `cfg`'s shape can have (biases and LM head included).
+    pub fn all(cfg: &ModelConfig) -> Vec<WeightName> {
+        use LayerWeight::*;
+        let mut names = vec![Self::TokenEmbedding, Self::OutputNorm, Self::LmHead];
+        for i in 0..cfg.num_layers {
+            for w in [
+                AttnNorm, Q, QBias, K, KBias, V, VBias, O, FfnNorm, Gate, Up, Down,
+            ] {
+                names.push(Self::Layer(i, w));
+            }
+        }
+        names
+    }
+
+    /// True for the 1-D weights (norms, biases), which GGUF files keep in F32.
+    pub fn is_vector(&self) -> bool {
+        use LayerWeight::*;
+        matches!(
+            self,
+            Self::OutputNorm | Self::Layer(_, AttnNorm | FfnNorm | QBias | KBias | VBias)
+        )
+    }
+
     pub fn gguf(&self) -> String {
         use LayerWeight::*;
         match self {

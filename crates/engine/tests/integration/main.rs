@@ -3,6 +3,8 @@
 
 mod common;
 mod engine;
+mod load_errors;
 mod safetensors_parity;
 mod template_parity;
+mod tiny_model_parity;
 mod tokenizer_parity;
