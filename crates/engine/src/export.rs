@@ -4,7 +4,7 @@
 
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
-use crate::loader::{qwen_defaults, GgufSource, WeightName, WeightSource};
+use crate::loader::{qwen_defaults, GgufSource, Placement, WeightName, WeightSource};
 use crate::tokenizer::Tokenizer;
 use candle_core::{DType, Tensor};
 use serde_json::json;
@@ -18,7 +18,7 @@ fn write(path: &Path, text: String) -> Result<()> {
 
 /// Dequantizes `gguf` into a Hugging Face directory at `out`, weights stored as `dtype`.
 pub fn gguf_to_hf_dir(gguf: &Path, out: &Path, dtype: DType) -> Result<()> {
-    let mut src = GgufSource::open(gguf)?;
+    let mut src = GgufSource::open(gguf, Placement::cpu())?;
     let cfg = ModelConfig::from_gguf(src.content())?;
     let tokenizer = Tokenizer::from_gguf(src.content())?;
     let md = &src.content().metadata;

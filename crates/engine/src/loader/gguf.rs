@@ -1,7 +1,8 @@
 //! GGUF files: memory-mapped, tensors materialised one at a time with progress reports.
 
 use super::{
-    finish, qwen_defaults, LoadOptions, LoadedModel, Progress, ProgressFn, WeightName, WeightSource,
+    finish, qwen_defaults, LoadOptions, LoadedModel, Placement, ProgressFn, WeightName,
+    WeightSource,
 };
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
@@ -15,13 +16,11 @@ use std::path::Path;
 pub struct GgufSource<'p> {
     map: memmap2::Mmap,
     content: gguf_file::Content,
-    device: Device,
-    dtype: DType,
-    progress: Progress<'p>,
+    placement: Placement<'p>,
 }
 
 impl<'p> GgufSource<'p> {
-    pub fn open(path: &Path) -> Result<Self> {
+    pub fn open(path: &Path, mut placement: Placement<'p>) -> Result<Self> {
         let file = std::fs::File::open(path)
             .map_err(|e| EngineError::load(format!("cannot open {}: {e}", path.display())))?;
         // SAFETY: the mapping is read-only and lives as long as the source; a file changed on disk
@@ -57,25 +56,14 @@ impl<'p> GgufSource<'p> {
             }
             total += bytes;
         }
+        placement.total = total;
+        // Quantized activations are f32 on every backend.
+        placement.resolve_dtype(DType::F32);
         Ok(Self {
             map,
             content,
-            device: Device::Cpu,
-            dtype: DType::F32,
-            progress: Progress::new(total),
+            placement,
         })
-    }
-
-    /// Where tensors go and in which dtype dense weights are kept.
-    pub fn target(mut self, device: &Device, dtype: DType) -> Self {
-        self.device = device.clone();
-        self.dtype = dtype;
-        self
-    }
-
-    pub fn on_progress(mut self, f: &'p mut ProgressFn<'p>) -> Self {
-        self.progress.set_callback(f);
-        self
     }
 
     pub fn content(&self) -> &gguf_file::Content {
@@ -120,7 +108,7 @@ impl<'p> GgufSource<'p> {
             .content
             .tensor(&mut Cursor::new(&self.map[..]), &key, device)
             .map_err(|e| EngineError::load(format!("cannot read tensor {key}: {e}")))?;
-        self.progress.advance(bytes);
+        self.placement.advance(bytes);
         Ok(t)
     }
 }
@@ -137,16 +125,21 @@ fn slow_on_cpu(dtype: GgmlDType) -> bool {
 }
 
 impl WeightSource for GgufSource<'_> {
+    fn dtype(&self) -> DType {
+        self.placement.dtype()
+    }
+
     fn contains(&self, name: WeightName) -> bool {
         self.content.tensor_infos.contains_key(&name.gguf())
     }
 
     fn matrix(&mut self, name: WeightName) -> Result<QMatMul> {
-        let device = self.device.clone();
+        let device = self.placement.device.clone();
+        let dtype = self.placement.dtype();
         match self.info(name)?.ggml_dtype {
             GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
                 let t = self.read(name, &Device::Cpu)?;
-                let dense = t.dequantize(&device)?.to_dtype(self.dtype)?;
+                let dense = t.dequantize(&device)?.to_dtype(dtype)?;
                 Ok(QMatMul::Tensor(dense))
             }
             d if slow_on_cpu(d) && device.is_cpu() => {
@@ -160,7 +153,8 @@ impl WeightSource for GgufSource<'_> {
 
     fn vector(&mut self, name: WeightName) -> Result<Tensor> {
         let t = self.read(name, &Device::Cpu)?;
-        Ok(t.dequantize(&self.device)?.to_dtype(self.dtype)?)
+        Ok(t.dequantize(&self.placement.device)?
+            .to_dtype(self.placement.dtype())?)
     }
 }
 
@@ -193,11 +187,7 @@ pub(super) fn load(
     opts: &LoadOptions,
     progress: Option<&mut ProgressFn<'_>>,
 ) -> Result<LoadedModel> {
-    let dtype = opts.dtype.unwrap_or(DType::F32);
-    let mut src = GgufSource::open(path)?.target(&opts.device, dtype);
-    if let Some(p) = progress {
-        src = src.on_progress(p);
-    }
+    let mut src = GgufSource::open(path, Placement::for_load(opts, progress))?;
     let md = &src.content().metadata;
     let cfg = ModelConfig::from_gguf(src.content())?;
     let tokenizer = Tokenizer::from_gguf(src.content())?;
@@ -241,7 +231,6 @@ pub(super) fn load(
         eos,
         qwen_defaults(),
         opts,
-        dtype,
         (name, "gguf", quantization),
     )
 }

@@ -2,7 +2,8 @@
 //! `model.safetensors.index.json`, memory-mapped, converted to the compute dtype per tensor.
 
 use super::{
-    finish, qwen_defaults, LoadOptions, LoadedModel, Progress, ProgressFn, WeightName, WeightSource,
+    finish, qwen_defaults, LoadOptions, LoadedModel, Placement, ProgressFn, WeightName,
+    WeightSource,
 };
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
@@ -11,16 +12,15 @@ use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
 use candle_core::quantized::QMatMul;
 use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 pub struct HfDirSource<'p> {
     tensors: MmapedSafetensors,
-    device: Device,
-    dtype: DType,
-    progress: Progress<'p>,
+    stored: DType,
+    placement: Placement<'p>,
 }
 
 /// The safetensors files of a model directory, in shard order.
@@ -62,7 +62,7 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 impl<'p> HfDirSource<'p> {
-    pub fn open(dir: &Path) -> Result<Self> {
+    pub fn open(dir: &Path, mut placement: Placement<'p>) -> Result<Self> {
         let files = weight_files(dir)?;
         // SAFETY: read-only mappings kept alive by `MmapedSafetensors`.
         let tensors = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| {
@@ -76,29 +76,23 @@ impl<'p> HfDirSource<'p> {
             .iter()
             .map(|(_, v)| v.data().len() as u64)
             .sum();
+        placement.total = total;
+        let stored = tensors
+            .get(&WeightName::TokenEmbedding.hf())
+            .ok()
+            .and_then(|v| DType::try_from(v.dtype()).ok())
+            .unwrap_or(DType::F32);
+        placement.resolve_dtype(stored);
         Ok(Self {
             tensors,
-            device: Device::Cpu,
-            dtype: DType::F32,
-            progress: Progress::new(total),
+            stored,
+            placement,
         })
     }
 
-    pub fn target(mut self, device: &Device, dtype: DType) -> Self {
-        self.device = device.clone();
-        self.dtype = dtype;
-        self
-    }
-
-    pub fn on_progress(mut self, f: &'p mut ProgressFn<'p>) -> Self {
-        self.progress.set_callback(f);
-        self
-    }
-
-    /// The stored dtype of the embedding, which names the checkpoint's precision.
-    pub fn stored_dtype(&self) -> Option<DType> {
-        let view = self.tensors.get(&WeightName::TokenEmbedding.hf()).ok()?;
-        DType::try_from(view.dtype()).ok()
+    /// The checkpoint's stored dtype (of its embedding).
+    pub fn stored_dtype(&self) -> DType {
+        self.stored
     }
 
     fn read(&mut self, name: WeightName) -> Result<Tensor> {
@@ -110,15 +104,19 @@ impl<'p> HfDirSource<'p> {
         let bytes = view.data().len() as u64;
         let t = self
             .tensors
-            .load(&key, &self.device)
-            .and_then(|t| t.to_dtype(self.dtype))
+            .load(&key, &self.placement.device)
+            .and_then(|t| t.to_dtype(self.placement.dtype()))
             .map_err(|e| EngineError::load(format!("cannot load tensor {key}: {e}")))?;
-        self.progress.advance(bytes);
+        self.placement.advance(bytes);
         Ok(t)
     }
 }
 
 impl WeightSource for HfDirSource<'_> {
+    fn dtype(&self) -> DType {
+        self.placement.dtype()
+    }
+
     fn contains(&self, name: WeightName) -> bool {
         self.tensors.get(&name.hf()).is_ok()
     }
@@ -251,18 +249,8 @@ pub(super) fn load(
         read_json(dir, "generation_config.json")?.as_ref(),
         &tokenizer,
     );
-    let mut src = HfDirSource::open(dir)?;
-    let stored = src.stored_dtype().unwrap_or(DType::F32);
-    // candle's CPU matmul has no bf16 kernel (it converts both operands every call): use f32 there.
-    let dtype = opts.dtype.unwrap_or(if opts.device.is_cpu() {
-        DType::F32
-    } else {
-        stored
-    });
-    src = src.target(&opts.device, dtype);
-    if let Some(p) = progress {
-        src = src.on_progress(p);
-    }
+    let mut src = HfDirSource::open(dir, Placement::for_load(opts, progress))?;
+    let stored = src.stored_dtype();
     let name = dir
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
@@ -276,7 +264,6 @@ pub(super) fn load(
         eos,
         defaults,
         opts,
-        dtype,
         (name, "safetensors", quantization),
     )
 }

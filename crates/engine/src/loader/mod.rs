@@ -134,9 +134,9 @@ fn finish(
     eos: Vec<u32>,
     defaults: SamplingParams,
     opts: &LoadOptions,
-    dtype: DType,
     identity: (String, &str, String),
 ) -> Result<LoadedModel> {
+    let dtype = src.dtype();
     let ctx = context_length(cfg, opts)?;
     let model = Qwen2::load(cfg, src, ctx, dtype, &opts.device)?;
     let (name, format, quantization) = identity;
@@ -273,32 +273,63 @@ pub type ProgressFn<'a> = dyn FnMut(u64, u64) + 'a;
 /// A file format the model's weights can come from. Matrices keep their storage type where the
 /// backend has a kernel for it; vectors (norms, biases) come back in the compute dtype.
 pub trait WeightSource {
+    /// The dtype dense weights and activations use.
+    fn dtype(&self) -> DType;
     fn contains(&self, name: WeightName) -> bool;
     fn matrix(&mut self, name: WeightName) -> Result<QMatMul>;
     fn vector(&mut self, name: WeightName) -> Result<Tensor>;
 }
 
-/// Counts loaded bytes and forwards them to an optional callback.
-pub(crate) struct Progress<'p> {
+/// Where loaded weights go (device, dense dtype) and who hears about progress.
+pub struct Placement<'p> {
+    pub device: Device,
+    /// `None`: f32 on CPU (candle has no bf16 CPU matmul kernel), the checkpoint's own dtype on GPU.
+    dtype: Option<DType>,
     loaded: u64,
     total: u64,
     callback: Option<&'p mut ProgressFn<'p>>,
 }
 
-impl<'p> Progress<'p> {
-    pub(crate) fn new(total: u64) -> Self {
+impl<'p> Placement<'p> {
+    pub fn new(device: &Device, dtype: Option<DType>) -> Self {
         Self {
+            device: device.clone(),
+            dtype,
             loaded: 0,
-            total,
+            total: 0,
             callback: None,
         }
     }
 
-    pub(crate) fn set_callback(&mut self, f: &'p mut ProgressFn<'p>) {
-        self.callback = Some(f);
+    pub fn cpu() -> Self {
+        Self::new(&Device::Cpu, Some(DType::F32))
     }
 
-    pub(crate) fn advance(&mut self, bytes: u64) {
+    /// Device and dtype of `opts`, reporting to `progress`.
+    pub fn for_load(opts: &LoadOptions, progress: Option<&'p mut ProgressFn<'_>>) -> Self {
+        let mut placement = Self::new(&opts.device, opts.dtype);
+        if let Some(p) = progress {
+            placement.callback = Some(p);
+        }
+        placement
+    }
+
+    /// Fixes the dtype given the checkpoint's stored one, and returns it.
+    fn resolve_dtype(&mut self, stored: DType) -> DType {
+        let dtype = self.dtype.unwrap_or(if self.device.is_cpu() {
+            DType::F32
+        } else {
+            stored
+        });
+        self.dtype = Some(dtype);
+        dtype
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype.unwrap_or(DType::F32)
+    }
+
+    fn advance(&mut self, bytes: u64) {
         self.loaded += bytes;
         if let Some(f) = self.callback.as_mut() {
             f(self.loaded, self.total);

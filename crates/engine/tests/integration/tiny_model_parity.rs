@@ -5,7 +5,7 @@
 use crate::common::repo_root;
 use qwen_engine::candle_core::{DType, Device, Tensor};
 use qwen_engine::config::ModelConfig;
-use qwen_engine::loader::HfDirSource;
+use qwen_engine::loader::{HfDirSource, Placement};
 use qwen_engine::model::Qwen2;
 use serde_json::Value;
 
@@ -18,20 +18,39 @@ fn max_abs_diff(got: &Tensor, expected: &[Vec<f32>]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+struct Fixture {
+    dir: std::path::PathBuf,
+    reference: Value,
+    ids: Vec<u32>,
+    expected: Vec<Vec<f32>>,
+    cfg: ModelConfig,
+}
+
+/// The checkpoint directory, transformers' input ids and logits, and the parsed config.
+fn fixture() -> Fixture {
+    let dir = repo_root().join("crates/engine/tests/fixtures/tiny-qwen2");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let reference: Value = serde_json::from_str(&read("reference.json")).unwrap();
+    Fixture {
+        ids: serde_json::from_value(reference["input_ids"].clone()).unwrap(),
+        expected: serde_json::from_value(reference["logits"].clone()).unwrap(),
+        cfg: ModelConfig::from_hf_json(&read("config.json")).unwrap(),
+        reference,
+        dir,
+    }
+}
+
 #[test]
 fn tiny_random_qwen2_reproduces_transformers_logits() {
-    let dir = repo_root().join("crates/engine/tests/fixtures/tiny-qwen2");
-    let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
-            .unwrap();
-    let ids: Vec<u32> = serde_json::from_value(reference["input_ids"].clone()).unwrap();
-    let expected: Vec<Vec<f32>> = serde_json::from_value(reference["logits"].clone()).unwrap();
-    let cfg = ModelConfig::from_hf_json(&std::fs::read_to_string(dir.join("config.json")).unwrap())
-        .unwrap();
+    let Fixture {
+        dir,
+        reference,
+        ids,
+        expected,
+        cfg,
+    } = fixture();
     assert_eq!(cfg.rope_theta, 10_000.0);
-    let mut src = HfDirSource::open(&dir)
-        .unwrap()
-        .target(&Device::Cpu, DType::F32);
+    let mut src = HfDirSource::open(&dir, Placement::cpu()).unwrap();
     let model = Qwen2::load(&cfg, &mut src, 128, DType::F32, &Device::Cpu).unwrap();
 
     let mut cache = model.new_cache();
@@ -60,15 +79,14 @@ fn tiny_qwen2_through_gguf_storage_types() {
     use qwen_engine::candle_core::quantized::{gguf_file, GgmlDType, QTensor};
     use qwen_engine::loader::{GgufSource, WeightName, WeightSource};
 
-    let dir = repo_root().join("crates/engine/tests/fixtures/tiny-qwen2");
-    let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
-            .unwrap();
-    let ids: Vec<u32> = serde_json::from_value(reference["input_ids"].clone()).unwrap();
-    let expected: Vec<Vec<f32>> = serde_json::from_value(reference["logits"].clone()).unwrap();
-    let cfg = ModelConfig::from_hf_json(&std::fs::read_to_string(dir.join("config.json")).unwrap())
-        .unwrap();
-    let mut hf = HfDirSource::open(&dir).unwrap();
+    let Fixture {
+        dir,
+        reference: _,
+        ids,
+        expected,
+        cfg,
+    } = fixture();
+    let mut hf = HfDirSource::open(&dir, Placement::cpu()).unwrap();
     let present: Vec<WeightName> = WeightName::all(&cfg)
         .into_iter()
         .filter(|n| hf.contains(*n))
@@ -119,7 +137,7 @@ fn tiny_qwen2_through_gguf_storage_types() {
         gguf_file::write(&mut file, &md, &ts).unwrap();
         drop(file);
 
-        let mut src = GgufSource::open(&path).unwrap();
+        let mut src = GgufSource::open(&path, Placement::cpu()).unwrap();
         let gguf_cfg = ModelConfig::from_gguf(src.content()).unwrap();
         // GGUF stores epsilon as f32.
         assert_eq!(
