@@ -304,7 +304,11 @@ impl Engine {
             cancel: cancel.clone(),
             events: events_tx,
         })
-        .map_err(|_| EngineError::Closed)?;
+        .map_err(|_| {
+            // The worker is gone (closing): this job was never queued.
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            EngineError::Closed
+        })?;
         Ok(Generation {
             meta: ResponseMeta::new(&self.shared.info.name),
             include_usage,
