@@ -4,7 +4,9 @@
 
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
-use crate::loader::{qwen_defaults, GgufSource, Placement, WeightName, WeightSource};
+use crate::loader::{
+    end_of_turn_ids, qwen_defaults, GgufSource, Placement, WeightName, WeightSource,
+};
 use crate::tokenizer::Tokenizer;
 use candle_core::{DType, Tensor};
 use serde_json::json;
@@ -87,10 +89,7 @@ pub fn gguf_to_hf_dir(gguf: &Path, out: &Path, dtype: DType) -> Result<()> {
         serde_json::to_string_pretty(&tokenizer_config).unwrap_or_default(),
     )?;
     let d = qwen_defaults();
-    let eos: Vec<u32> = ["<|im_end|>", "<|endoftext|>"]
-        .iter()
-        .filter_map(|t| tokenizer.added_token_id(t))
-        .collect();
+    let eos = end_of_turn_ids(Vec::new(), &tokenizer);
     let generation = json!({
         "bos_token_id": bos_id,
         "eos_token_id": eos,

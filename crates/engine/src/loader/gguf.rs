@@ -1,8 +1,8 @@
 //! GGUF files: memory-mapped, tensors materialised one at a time with progress reports.
 
 use super::{
-    finish, qwen_defaults, LoadOptions, LoadedModel, Placement, ProgressFn, WeightName,
-    WeightSource,
+    end_of_turn_ids, finish, qwen_defaults, LoadOptions, LoadedModel, Placement, ProgressFn,
+    WeightName, WeightSource,
 };
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
@@ -205,14 +205,10 @@ pub(super) fn load(
         &token_text(id("tokenizer.ggml.bos_token_id")),
         &token_text(id("tokenizer.ggml.eos_token_id")),
     )?;
-    let mut eos: Vec<u32> = id("tokenizer.ggml.eos_token_id").into_iter().collect();
-    for t in ["<|im_end|>", "<|endoftext|>"] {
-        if let Some(i) = tokenizer.added_token_id(t) {
-            if !eos.contains(&i) {
-                eos.push(i);
-            }
-        }
-    }
+    let eos = end_of_turn_ids(
+        id("tokenizer.ggml.eos_token_id").into_iter().collect(),
+        &tokenizer,
+    );
     let name = text("general.name").unwrap_or_else(|| {
         path.file_stem()
             .map(|s| s.to_string_lossy().into_owned())

@@ -2,8 +2,8 @@
 //! `model.safetensors.index.json`, memory-mapped, converted to the compute dtype per tensor.
 
 use super::{
-    finish, qwen_defaults, LoadOptions, LoadedModel, Placement, ProgressFn, WeightName,
-    WeightSource,
+    end_of_turn_ids, finish, qwen_defaults, LoadOptions, LoadedModel, Placement, ProgressFn,
+    WeightName, WeightSource,
 };
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
@@ -214,14 +214,7 @@ fn generation_config(gen: Option<&Value>, tokenizer: &Tokenizer) -> (SamplingPar
             _ => {}
         }
     }
-    for t in ["<|im_end|>", "<|endoftext|>"] {
-        if let Some(i) = tokenizer.added_token_id(t) {
-            if !eos.contains(&i) {
-                eos.push(i);
-            }
-        }
-    }
-    (defaults, eos)
+    (defaults, end_of_turn_ids(eos, tokenizer))
 }
 
 pub(super) fn load(

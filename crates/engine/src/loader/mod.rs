@@ -72,6 +72,19 @@ pub fn qwen_defaults() -> SamplingParams {
     }
 }
 
+/// The ids that end an assistant turn: those the model declares, plus Qwen's `<|im_end|>` and
+/// `<|endoftext|>` where the vocabulary has them.
+pub fn end_of_turn_ids(mut declared: Vec<u32>, tokenizer: &Tokenizer) -> Vec<u32> {
+    for t in ["<|im_end|>", "<|endoftext|>"] {
+        if let Some(i) = tokenizer.added_token_id(t) {
+            if !declared.contains(&i) {
+                declared.push(i);
+            }
+        }
+    }
+    declared
+}
+
 /// Loads a GGUF file or a Hugging Face directory.
 pub fn load(
     path: &Path,
