@@ -61,18 +61,44 @@ export interface FunctionTool {
   function: {
     name: string
     description?: string
-    /** JSON Schema of the arguments object. */
+    /**
+     * JSON Schema of the arguments object (type, enum, required, nested objects/arrays, $defs...).
+     * Constrained calls follow it exactly; keys it does not list are not generated unless it sets
+     * `additionalProperties`.
+     */
     parameters?: Record<string, unknown>
+    /** Accepted for compatibility: calls are schema-constrained unless `constrained: false`. */
     strict?: boolean
   }
 }
 
+export type ToolChoice =
+  | 'none'
+  | 'auto'
+  | 'required'
+  | { type: 'function'; function: { name: string } }
+
+export type ResponseFormat =
+  | { type: 'text' }
+  | { type: 'json_object' }
+  | { type: 'json_schema'; json_schema: { name?: string; description?: string; schema: Record<string, unknown>; strict?: boolean } }
+
 export interface ChatCompletionRequest {
   messages: ChatMessage[]
-  /** Tools rendered into the prompt by the model's chat template. */
+  /** Tools rendered into the prompt by the model's chat template. Names must be unique. */
   tools?: FunctionTool[]
-  /** 'auto' (default) or 'none'. Other values are rejected until constrained tool calling lands. */
-  tool_choice?: 'auto' | 'none'
+  /**
+   * 'auto' (default): text or calls. 'none': no calls (the tools are left out of the prompt).
+   * 'required': at least one call. A named function: exactly one call of it.
+   */
+  tool_choice?: ToolChoice
+  /** Several calls in one answer. Default true. */
+  parallel_tool_calls?: boolean
+  /**
+   * Extension. Default true: tool calls and JSON answers are sampled under a grammar compiled
+   * from the schemas, so they always parse and validate. false: the output is only parsed.
+   */
+  constrained?: boolean
   /** Upper bound on generated tokens. Default: the rest of the context. */
   max_tokens?: number
   max_completion_tokens?: number
@@ -91,7 +117,8 @@ export interface ChatCompletionRequest {
   /** Up to 16 strings; generation stops before them and they are not returned. */
   stop?: string | string[]
   stream_options?: { include_usage?: boolean }
-  response_format?: { type: 'text' }
+  /** JSON answers: any object, or one valid against a schema (grammar-constrained). */
+  response_format?: ResponseFormat
   /** Ignored: the model is the loaded one. */
   model?: string
   /** Ignored: use chat() or chatStream(). */
@@ -121,6 +148,17 @@ export interface ChatCompletion {
   usage: Usage
 }
 
+/**
+ * A piece of a streamed tool call: the first piece of call `index` has its `id`, `type` and
+ * `function.name` (arguments ""); later pieces add to `function.arguments`.
+ */
+export interface ToolCallDelta {
+  index: number
+  id?: string
+  type?: 'function'
+  function: { name?: string; arguments: string }
+}
+
 export interface ChatCompletionChunk {
   id: string
   object: 'chat.completion.chunk'
@@ -129,7 +167,7 @@ export interface ChatCompletionChunk {
   /** Empty in the final usage chunk (stream_options.include_usage). */
   choices: Array<{
     index: 0
-    delta: { role?: 'assistant'; content?: string }
+    delta: { role?: 'assistant'; content?: string; tool_calls?: ToolCallDelta[] }
     logprobs: null
     finish_reason: FinishReason | null
   }>

@@ -31,3 +31,34 @@ export async function rejectsWithCode(assert, promise, code) {
   })
   return error
 }
+
+/** The tool calls a stream's `delta.tool_calls` pieces add up to, OpenAI-style (by index). */
+export function streamedToolCalls(chunks) {
+  const calls = []
+  for (const c of chunks) {
+    for (const d of c.choices[0]?.delta?.tool_calls ?? []) {
+      if (d.id) calls[d.index] = { id: d.id, type: d.type, function: { name: d.function.name, arguments: '' } }
+      calls[d.index].function.arguments += d.function.arguments ?? ''
+    }
+  }
+  return calls
+}
+
+/** The get_weather tool of the function-calling tests. */
+export const WEATHER_TOOL = {
+  type: 'function',
+  function: {
+    name: 'get_weather',
+    description: 'Get the current weather in a city',
+    parameters: {
+      type: 'object',
+      properties: {
+        location: { type: 'string', description: 'City name in English, e.g. London' },
+        unit: { type: 'string', enum: ['celsius', 'fahrenheit'] },
+      },
+      required: ['location', 'unit'],
+    },
+  },
+}
+
+export const LISBON = [{ role: 'user', content: "What's the weather in Lisbon in celsius?" }]

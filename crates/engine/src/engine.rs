@@ -2,11 +2,13 @@
 //! own event channel and cancel flag, and a dropped receiver cancels it.
 
 use crate::error::{EngineError, Result};
-use crate::generate::{generate, Event, GenerationParams};
+use crate::generate::{generate, needs_grammar, Event, GenerationParams};
+use crate::grammar::GrammarCompiler;
 use crate::loader::{self, LoadOptions, LoadedModel, ModelInfo, ProgressFn};
 use crate::request::ChatRequest;
-use crate::response::ResponseMeta;
+use crate::response::{AssistantMessage, FinishReason, ResponseMeta, Usage};
 use crate::sampling::SamplingParams;
+use crate::sequence::Sequence;
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
 use candle_core::{DType, Device};
@@ -158,6 +160,12 @@ impl Generation {
         }
         match event {
             Event::Text(t) => chunks.push(self.meta.content_chunk(&t)),
+            Event::ToolCallStart { index, id, name } => {
+                chunks.push(self.meta.tool_call_start_chunk(index, &id, &name))
+            }
+            Event::ToolCallArguments { index, text } => {
+                chunks.push(self.meta.tool_call_arguments_chunk(index, &text))
+            }
             Event::Finished { reason, usage } => {
                 self.done = true;
                 chunks.push(self.meta.finish_chunk(reason));
@@ -171,14 +179,25 @@ impl Generation {
 
     /// Waits for the whole answer as one OpenAI `chat.completion` object.
     pub async fn completion(&mut self) -> Result<serde_json::Value> {
-        let mut text = String::new();
+        let mut message = AssistantMessage::default();
         while let Some(event) = self.next().await {
-            match event? {
-                Event::Text(t) => text.push_str(&t),
-                Event::Finished { reason, usage } => {
-                    self.done = true;
-                    return Ok(self.meta.completion(&text, reason, usage));
-                }
+            if let Some((reason, usage)) = message.push(event?) {
+                self.done = true;
+                return Ok(self.meta.completion(&message, reason, usage));
+            }
+        }
+        Err(EngineError::Internal(
+            "the engine ended the request without an answer".into(),
+        ))
+    }
+
+    /// The whole answer, blocking the calling thread (Rust callers, tests, benches).
+    pub fn blocking_answer(&mut self) -> Result<(AssistantMessage, FinishReason, Usage)> {
+        let mut message = AssistantMessage::default();
+        while let Some(event) = self.blocking_next() {
+            if let Some((reason, usage)) = message.push(event?) {
+                self.done = true;
+                return Ok((message, reason, usage));
             }
         }
         Err(EngineError::Internal(
@@ -234,10 +253,12 @@ impl Engine {
         let worker = std::thread::Builder::new()
             .name("qwen-engine".into())
             .spawn(move || {
-                let worker = Worker {
+                let mut worker = Worker {
+                    sequence: Sequence::new(&model),
                     model,
                     eos,
                     shared: worker_shared,
+                    grammars: None,
                 };
                 while let Ok(job) = rx.recv() {
                     worker.run(job);
@@ -371,21 +392,30 @@ struct Worker {
     model: crate::model::Qwen2,
     eos: Vec<u32>,
     shared: Arc<Shared>,
+    /// The last request's tokens and KV cache: the next prompt reuses their common prefix.
+    sequence: Sequence,
+    /// Built on the first request that needs a grammar.
+    grammars: Option<GrammarCompiler>,
 }
 
 impl Worker {
-    fn run(&self, job: Job) {
+    fn run(&mut self, job: Job) {
         let events = job.events.clone();
-        let outcome = catch_unwind(AssertUnwindSafe(|| self.run_job(&job)))
-            .unwrap_or_else(|panic| Err(EngineError::Internal(panic_message(&panic))));
+        let outcome =
+            catch_unwind(AssertUnwindSafe(|| self.run_job(&job))).unwrap_or_else(|panic| {
+                // The cache may be half-written: start the next request from scratch.
+                self.sequence = Sequence::new(&self.model);
+                Err(EngineError::Internal(panic_message(&panic)))
+            });
         if let Err(e) = outcome {
             let _ = events.send(Err(e));
         }
     }
 
-    fn run_job(&self, job: &Job) -> Result<()> {
+    fn run_job(&mut self, job: &Job) -> Result<()> {
+        let shared = self.shared.clone();
         let interrupt = || {
-            if self.shared.closed.load(Ordering::SeqCst) {
+            if shared.closed.load(Ordering::SeqCst) {
                 Some(EngineError::Closed)
             } else if job.cancel.load(Ordering::Relaxed) || job.events.is_closed() {
                 Some(EngineError::Aborted)
@@ -397,8 +427,8 @@ impl Worker {
             return Err(e);
         }
         let (prompt, max_tokens) = prepare_prompt(
-            &self.shared.tokenizer,
-            &self.shared.template,
+            &shared.tokenizer,
+            &shared.template,
             &job.request,
             self.model.max_positions(),
         )?;
@@ -407,10 +437,27 @@ impl Worker {
             sampling: job.request.sampling.clone(),
             stop: job.request.stop.clone(),
             eos: self.eos.clone(),
+            tools: job.request.tool_settings.clone(),
         };
+        if needs_grammar(&params.tools) && self.grammars.is_none() {
+            let end_of_turn = shared
+                .tokenizer
+                .added_token_id("<|im_end|>")
+                .or(self.eos.first().copied())
+                .ok_or_else(|| {
+                    EngineError::Internal("the model has no end-of-turn token".into())
+                })?;
+            self.grammars = Some(GrammarCompiler::new(
+                shared.tokenizer.clone(),
+                self.model.config().vocab_size,
+                end_of_turn,
+            )?);
+        }
         generate(
             &self.model,
-            &self.shared.tokenizer,
+            &shared.tokenizer,
+            self.grammars.as_ref(),
+            &mut self.sequence,
             &prompt,
             &params,
             &interrupt,

@@ -1,94 +1,313 @@
-//! One generation: prefill the prompt, then sample, detokenize and check stops token by token.
+//! One generation: prefill the prompt, then sample token by token, under a grammar where the
+//! request asks for structure, and turn the tokens into text and tool-call events.
 
 use crate::detokenize::StreamDecoder;
 use crate::error::{EngineError, Result};
+use crate::grammar::{self, Constraint, GrammarCompiler};
 use crate::model::Qwen2;
-use crate::response::{FinishReason, Usage};
+use crate::response::{new_call_id, FinishReason, Usage};
 use crate::sampling::{Sampler, SamplingParams};
+use crate::sequence::Sequence;
 use crate::stop::StopMatcher;
 use crate::tokenizer::Tokenizer;
+use crate::tool_parser::{classify_opening, Opening, Parsed, ToolCallParser};
+use crate::tools::{ToolChoice, ToolSettings};
 
 /// Prompt tokens per forward pass during prefill: bounds the attention scratch memory and lets
 /// a cancel land between chunks of a long prompt.
 const PREFILL_CHUNK: usize = 512;
 /// KV positions reserved up front for the completion when `max_tokens` is large or unset.
 const INITIAL_COMPLETION_RESERVE: usize = 512;
+/// Tokens an answer's opening may take before it is clearly text or a call written as JSON.
+const MAX_UNDECIDED_OPENING: usize = 12;
+
+pub const TOOL_CALL_OPEN: &str = "<tool_call>";
+pub const TOOL_CALL_CLOSE: &str = "</tool_call>";
 
 pub struct GenerationParams {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
     pub eos: Vec<u32>,
+    pub tools: ToolSettings,
 }
 
-/// What a generation reports, in order: text pieces, then one `Finished`.
+/// What a generation reports, in order: text and tool-call pieces, then one `Finished`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Text(String),
-    Finished { reason: FinishReason, usage: Usage },
+    /// A tool call begins; `index` counts calls in this answer from 0.
+    ToolCallStart {
+        index: usize,
+        id: String,
+        name: String,
+    },
+    /// More of call `index`'s arguments (JSON text; the pieces concatenate).
+    ToolCallArguments {
+        index: usize,
+        text: String,
+    },
+    Finished {
+        reason: FinishReason,
+        usage: Usage,
+    },
 }
 
-/// Runs one generation. `interrupt` is polled before every forward pass and ends the run with
-/// its error (abort, close); `emit` returns false when nobody listens any more, which ends it too.
+/// Whether a request needs the grammar engine.
+pub fn needs_grammar(tools: &ToolSettings) -> bool {
+    tools.constrained && (tools.may_call() || tools.format != crate::tools::ResponseFormat::Text)
+}
+
+/// Runs one generation in `seq`, reusing whatever prefix of `prompt` it already holds.
+/// `interrupt` is polled before every forward pass and ends the run with its error (abort,
+/// close); `emit` returns false when nobody listens any more, which ends it too.
+#[allow(clippy::too_many_arguments)]
 pub fn generate(
     model: &Qwen2,
     tokenizer: &Tokenizer,
+    grammars: Option<&GrammarCompiler>,
+    seq: &mut Sequence,
     prompt: &[u32],
     params: &GenerationParams,
     interrupt: &dyn Fn() -> Option<EngineError>,
     emit: &mut dyn FnMut(Event) -> bool,
 ) -> Result<()> {
-    let mut cache = model.new_cache();
-    cache.reserve(prompt.len() + params.max_tokens.min(INITIAL_COMPLETION_RESERVE))?;
+    let settings = &params.tools;
+    let compile = |lark: String| -> Result<Constraint> {
+        grammars
+            .ok_or_else(|| EngineError::Internal("the grammar engine is not loaded".into()))?
+            .constraint(&lark)
+    };
+    // Compiled before any model work, so a bad schema fails fast.
+    let mut constraint = grammar::answer_grammar(settings).map(compile).transpose()?;
+    let call_grammar = grammar::tool_call_grammar(settings);
+    let tool_open = tokenizer.added_token_id(TOOL_CALL_OPEN);
+    // A free `auto` answer that opens like a call written as JSON is redone as a real call.
+    let mut watch_opening =
+        constraint.is_none() && call_grammar.is_some() && settings.choice == ToolChoice::Auto;
+    let banned: Vec<u32> = if settings.tools.is_empty() || settings.may_call() {
+        vec![]
+    } else {
+        [TOOL_CALL_OPEN, TOOL_CALL_CLOSE]
+            .iter()
+            .filter_map(|t| tokenizer.added_token_id(t))
+            .collect()
+    };
+
+    let start = seq.reuse_prefix(prompt);
+    seq.reserve(prompt.len() + params.max_tokens.min(INITIAL_COMPLETION_RESERVE))?;
     let mut logits = None;
-    for chunk in prompt.chunks(PREFILL_CHUNK) {
+    for chunk in prompt[start..].chunks(PREFILL_CHUNK) {
         if let Some(e) = interrupt() {
             return Err(e);
         }
-        logits = Some(model.forward(chunk, &mut cache)?);
+        logits = Some(seq.forward(model, chunk)?);
     }
-    let mut logits = logits.ok_or_else(|| EngineError::invalid("the prompt is empty"))?;
+    let answer_start = logits.ok_or_else(|| EngineError::invalid("the prompt is empty"))?;
+    let mut logits = answer_start.clone();
+
     let mut sampler = Sampler::new(params.sampling.clone());
-    let mut decoder = StreamDecoder::default();
-    let mut stops = StopMatcher::new(params.stop.clone());
+    let mut out = Output::new(params, settings, constraint.is_some(), emit);
+    let mut opening: Vec<u32> = Vec::new();
+    // The constraint is a call's (which may end mid-answer), not a JSON answer's.
+    let mut in_call = false;
     let mut generated = 0;
-    // (why it ended, whether held-back text still belongs to the answer)
-    let (reason, flush) = loop {
+    let reason = loop {
         if let Some(e) = interrupt() {
             return Err(e);
         }
         let mut values = logits.to_vec1::<f32>()?;
+        if let Some(c) = constraint.as_mut() {
+            c.mask(&mut values)?;
+        }
+        for &b in &banned {
+            values[b as usize] = f32::NEG_INFINITY;
+        }
         let token = sampler.sample(&mut values);
         generated += 1;
         if params.eos.contains(&token) {
-            break (FinishReason::Stop, true);
+            break FinishReason::Stop;
         }
-        let check = stops.push(&decoder.push(tokenizer.token_bytes(token)));
-        if !check.emit.is_empty() && !emit(Event::Text(check.emit)) {
-            return Err(EngineError::Aborted);
+        match constraint.as_mut() {
+            Some(c) => {
+                c.commit(token)?;
+                in_call |= Some(token) == tool_open;
+                if in_call && c.is_complete() && !settings.single_call() {
+                    // One call done: the model is free again to call more, write, or end.
+                    constraint = None;
+                    in_call = false;
+                }
+            }
+            None if Some(token) == tool_open && call_grammar.is_some() => {
+                // The model opened a call: from here on it must be a valid one.
+                let mut c = compile(call_grammar.clone().unwrap_or_default())?;
+                c.commit(token)?;
+                constraint = Some(c);
+                in_call = true;
+                out.calls_checked();
+                watch_opening = false;
+                let held = std::mem::take(&mut opening);
+                if out.tokens(tokenizer, &held)? {
+                    break FinishReason::Stop;
+                }
+            }
+            None => {}
         }
-        if check.stopped {
-            break (FinishReason::Stop, false);
+        if watch_opening && constraint.is_none() {
+            opening.push(token);
+            match classify_opening(&tokenizer.decode(&opening)) {
+                Opening::ToolCall => {
+                    // Redo the answer from its start in Qwen's trained call format.
+                    seq.truncate(prompt.len());
+                    logits = answer_start.clone();
+                    sampler = Sampler::new(params.sampling.clone());
+                    constraint = Some(compile(call_grammar.clone().unwrap_or_default())?);
+                    out.calls_checked();
+                    watch_opening = false;
+                    opening.clear();
+                    generated = 0;
+                    continue;
+                }
+                Opening::Undecided
+                    if opening.len() < MAX_UNDECIDED_OPENING && generated < params.max_tokens =>
+                {
+                    logits = seq.forward(model, &[token])?;
+                    continue;
+                }
+                _ => {
+                    watch_opening = false;
+                    let held = std::mem::take(&mut opening);
+                    if out.tokens(tokenizer, &held)? {
+                        break FinishReason::Stop;
+                    }
+                }
+            }
+        } else if out.tokens(tokenizer, &[token])? {
+            break FinishReason::Stop;
         }
         if generated >= params.max_tokens {
-            break (FinishReason::Length, true);
+            break FinishReason::Length;
         }
-        logits = model.forward(&[token], &mut cache)?;
+        logits = seq.forward(model, &[token])?;
     };
-    if flush {
-        let last = stops.push(&decoder.finish());
-        let tail = if last.stopped {
-            last.emit
-        } else {
-            last.emit + &stops.finish()
-        };
-        if !tail.is_empty() && !emit(Event::Text(tail)) {
-            return Err(EngineError::Aborted);
-        }
-    }
-    emit(Event::Finished {
+    let calls = out.finish()?;
+    let reason = match reason {
+        FinishReason::Stop if calls > 0 => FinishReason::ToolCalls,
+        r => r,
+    };
+    out.send(Event::Finished {
         reason,
         usage: Usage::new(prompt.len(), generated),
-    });
-    Ok(())
+    })
+}
+
+/// Tokens to events: UTF-8 assembly, stop strings, then tool-call recognition.
+struct Output<'a> {
+    decoder: StreamDecoder,
+    stops: StopMatcher,
+    parser: Option<ToolCallParser>,
+    /// Ids of the calls so far, by index.
+    ids: Vec<String>,
+    /// A stop string ended the answer.
+    stopped: bool,
+    emit: &'a mut dyn FnMut(Event) -> bool,
+}
+
+impl<'a> Output<'a> {
+    fn new(
+        params: &GenerationParams,
+        settings: &ToolSettings,
+        checked: bool,
+        emit: &'a mut dyn FnMut(Event) -> bool,
+    ) -> Self {
+        let known = settings.callable().iter().map(|t| t.name.clone()).collect();
+        Self {
+            decoder: StreamDecoder::default(),
+            stops: StopMatcher::new(params.stop.clone()),
+            parser: settings
+                .may_call()
+                .then(|| ToolCallParser::new(known, checked)),
+            ids: Vec::new(),
+            stopped: false,
+            emit,
+        }
+    }
+
+    /// From here on calls come from the grammar: stream them as they are generated.
+    fn calls_checked(&mut self) {
+        if let Some(p) = self.parser.as_mut() {
+            p.stream_calls(true);
+        }
+    }
+
+    /// Feeds generated tokens; true once a stop string ends the answer.
+    fn tokens(&mut self, tokenizer: &Tokenizer, tokens: &[u32]) -> Result<bool> {
+        for &t in tokens {
+            let check = self
+                .stops
+                .push(&self.decoder.push(tokenizer.token_bytes(t)));
+            self.text(&check.emit)?;
+            if check.stopped {
+                self.stopped = true;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn text(&mut self, text: &str) -> Result<()> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        match self.parser.as_mut() {
+            None => self.send(Event::Text(text.to_string())),
+            Some(p) => {
+                let parsed = p.push(text);
+                self.parsed(parsed)
+            }
+        }
+    }
+
+    fn parsed(&mut self, parsed: Vec<Parsed>) -> Result<()> {
+        for p in parsed {
+            let event = match p {
+                Parsed::Text(t) => Event::Text(t),
+                Parsed::CallStart { index, name } => {
+                    let id = new_call_id();
+                    self.ids.push(id.clone());
+                    Event::ToolCallStart { index, id, name }
+                }
+                Parsed::CallArguments { index, text } => Event::ToolCallArguments { index, text },
+            };
+            self.send(event)?;
+        }
+        Ok(())
+    }
+
+    /// Flushes held text (unless a stop string cut it) and resolves held calls; returns the
+    /// number of calls in the answer.
+    fn finish(&mut self) -> Result<usize> {
+        if !self.stopped {
+            let last = self.stops.push(&self.decoder.finish());
+            let tail = if last.stopped {
+                last.emit
+            } else {
+                last.emit + &self.stops.finish()
+            };
+            self.text(&tail)?;
+        }
+        if let Some(p) = self.parser.as_mut() {
+            let parsed = p.finish();
+            self.parsed(parsed)?;
+        }
+        Ok(self.ids.len())
+    }
+
+    fn send(&mut self, event: Event) -> Result<()> {
+        if (self.emit)(event) {
+            Ok(())
+        } else {
+            Err(EngineError::Aborted)
+        }
+    }
 }

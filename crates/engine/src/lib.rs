@@ -1,8 +1,9 @@
 //! qwen-engine: Qwen2.5 chat inference on candle, with no Node or Python in sight.
 //!
-//! Data flows `request` (validate) -> `template` (render) -> `tokenizer` (encode) -> `generate`
-//! (model forward over a `kv_cache`, `sampling`, `detokenize`, `stop`) -> `response` (OpenAI
-//! shapes). `engine` owns the model on a worker thread and queues requests.
+//! Data flows `request` (validate, with `tools`) -> `template` (render) -> `tokenizer` (encode) ->
+//! `generate` (model forward over a `sequence`'s `kv_cache`, `grammar` masks, `sampling`,
+//! `detokenize`, `stop`, `tool_parser`) -> `response` (OpenAI shapes). `engine` owns the model on
+//! a worker thread and queues requests.
 
 pub mod config;
 pub mod detokenize;
@@ -10,18 +11,22 @@ pub mod engine;
 pub mod error;
 pub mod export;
 pub mod generate;
+pub mod grammar;
 pub mod kv_cache;
 pub mod loader;
 pub mod model;
 pub mod request;
 pub mod response;
 pub mod sampling;
+pub mod sequence;
 pub mod stop;
 pub mod template;
 pub mod tokenizer;
+pub mod tool_parser;
+pub mod tools;
 
 pub use candle_core;
 pub use engine::{Engine, EngineOptions, Generation};
 pub use error::{EngineError, Result};
 pub use generate::Event;
-pub use response::{FinishReason, Usage};
+pub use response::{AssistantMessage, FinishReason, ToolCall, Usage};

@@ -3,6 +3,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::sampling::SamplingParams;
+use crate::tools::ToolSettings;
 use serde_json::{Map, Value};
 
 /// A validated chat request. Messages are already in the shape chat templates expect.
@@ -15,6 +16,7 @@ pub struct ChatRequest {
     pub stop: Vec<String>,
     /// `stream_options.include_usage`: a final chunk carries `usage`.
     pub include_usage: bool,
+    pub tool_settings: ToolSettings,
 }
 
 /// The model's recommended sampling settings, used where a request leaves one out.
@@ -49,29 +51,12 @@ impl ChatRequest {
                 return invalid("`n` must be 1: qwen-native returns one choice per request");
             }
         }
-        let tools = parse_tools(body.get("tools"))?;
-        match body.get("tool_choice") {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) if s == "auto" || s == "none" => {}
-            Some(other) => {
-                return invalid(format!(
-                    "`tool_choice` {other} is not supported yet (use \"auto\" or \"none\"); it is never ignored silently"
-                ))
-            }
-        }
-        let tools = match body.get("tool_choice").and_then(Value::as_str) {
-            Some("none") => None,
-            _ => tools,
+        let tool_settings = ToolSettings::from_body(body)?;
+        // The template shows the tools unless they may not be called.
+        let tools = match body.get("tools") {
+            Some(Value::Array(t)) if tool_settings.may_call() => Some(t.clone()),
+            _ => None,
         };
-        match body.get("response_format") {
-            None | Some(Value::Null) => {}
-            Some(f) if f.get("type").and_then(Value::as_str) == Some("text") => {}
-            Some(f) => {
-                return invalid(format!(
-                    "`response_format` {f} is not supported yet; only {{\"type\": \"text\"}}"
-                ))
-            }
-        }
         let max_tokens = match (body.get("max_completion_tokens"), body.get("max_tokens")) {
             (Some(v), _) if !v.is_null() => Some(positive_int(v, "max_completion_tokens")?),
             (_, Some(v)) if !v.is_null() => Some(positive_int(v, "max_tokens")?),
@@ -138,6 +123,7 @@ impl ChatRequest {
             sampling,
             stop,
             include_usage,
+            tool_settings,
         })
     }
 }
@@ -292,39 +278,6 @@ fn normalize_tool_call(i: usize, j: usize, call: &Value) -> Result<Value> {
     Ok(Value::Object(out))
 }
 
-fn parse_tools(tools: Option<&Value>) -> Result<Option<Vec<Value>>> {
-    let tools = match tools {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::Array(t)) if t.is_empty() => return Ok(None),
-        Some(Value::Array(t)) => t,
-        Some(_) => {
-            return invalid("`tools` must be an array of {type: \"function\", function: {...}}")
-        }
-    };
-    let mut names = std::collections::HashSet::new();
-    for (i, t) in tools.iter().enumerate() {
-        if t.get("type").and_then(Value::as_str) != Some("function") {
-            return invalid(format!("tools[{i}].type must be \"function\""));
-        }
-        let name = t
-            .get("function")
-            .and_then(|f| f.get("name"))
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| {
-                EngineError::invalid(format!(
-                    "tools[{i}].function.name must be a non-empty string"
-                ))
-            })?;
-        if !names.insert(name) {
-            return invalid(format!(
-                "tools[{i}].function.name \"{name}\" is declared twice"
-            ));
-        }
-    }
-    Ok(Some(tools.clone()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,7 +313,7 @@ mod tests {
         assert!(message_of(
             json!({"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"})
         )
-        .contains("tool_choice"));
+        .contains("no `tools`"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! OpenAI-shaped responses: `chat.completion` objects and `chat.completion.chunk` stream chunks.
 
+use crate::generate::Event;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -10,6 +11,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` reached.
     Length,
+    /// The answer ended after calling tools.
+    ToolCalls,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -52,7 +55,12 @@ impl ResponseMeta {
         }
     }
 
-    pub fn completion(&self, content: &str, finish: FinishReason, usage: Usage) -> Value {
+    pub fn completion(
+        &self,
+        message: &AssistantMessage,
+        finish: FinishReason,
+        usage: Usage,
+    ) -> Value {
         json!({
             "id": self.id,
             "object": "chat.completion",
@@ -60,7 +68,7 @@ impl ResponseMeta {
             "model": self.model,
             "choices": [{
                 "index": 0,
-                "message": { "role": "assistant", "content": content },
+                "message": message.to_json(),
                 "logprobs": null,
                 "finish_reason": finish,
             }],
@@ -97,6 +105,25 @@ impl ResponseMeta {
         )
     }
 
+    /// A call's first chunk: its id and name, with empty arguments (as OpenAI streams them).
+    pub fn tool_call_start_chunk(&self, index: usize, id: &str, name: &str) -> Value {
+        self.tool_call_chunk(json!({
+            "index": index, "id": id, "type": "function",
+            "function": { "name": name, "arguments": "" },
+        }))
+    }
+
+    pub fn tool_call_arguments_chunk(&self, index: usize, text: &str) -> Value {
+        self.tool_call_chunk(json!({ "index": index, "function": { "arguments": text } }))
+    }
+
+    fn tool_call_chunk(&self, call: Value) -> Value {
+        self.chunk(
+            json!([{ "index": 0, "delta": { "tool_calls": [call] }, "logprobs": null, "finish_reason": null }]),
+            None,
+        )
+    }
+
     pub fn finish_chunk(&self, finish: FinishReason) -> Value {
         self.chunk(
             json!([{ "index": 0, "delta": {}, "logprobs": null, "finish_reason": finish }]),
@@ -108,4 +135,77 @@ impl ResponseMeta {
     pub fn usage_chunk(&self, usage: Usage) -> Value {
         self.chunk(json!([]), Some(usage))
     }
+}
+
+/// One tool call of an answer, OpenAI-shaped: `arguments` is the JSON text the model wrote.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+/// The assistant's answer: text outside tool calls, and the calls.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AssistantMessage {
+    pub content: String,
+    pub tool_calls: Vec<ToolCall>,
+}
+
+impl AssistantMessage {
+    /// Adds one generation event; returns how the answer ended once it has.
+    pub fn push(&mut self, event: Event) -> Option<(FinishReason, Usage)> {
+        match event {
+            Event::Text(t) => self.content.push_str(&t),
+            Event::ToolCallStart { id, name, .. } => self.tool_calls.push(ToolCall {
+                id,
+                name,
+                arguments: String::new(),
+            }),
+            Event::ToolCallArguments { index, text } => {
+                if let Some(call) = self.tool_calls.get_mut(index) {
+                    call.arguments.push_str(&text);
+                }
+            }
+            Event::Finished { reason, usage } => return Some((reason, usage)),
+        }
+        None
+    }
+
+    /// `content` is null when the answer is only tool calls (as OpenAI returns it).
+    pub fn to_json(&self) -> Value {
+        let mut m = json!({ "role": "assistant", "content": self.content });
+        if !self.tool_calls.is_empty() {
+            if self.content.is_empty() {
+                m["content"] = Value::Null;
+            }
+            m["tool_calls"] = self
+                .tool_calls
+                .iter()
+                .map(|c| {
+                    json!({
+                        "id": c.id, "type": "function",
+                        "function": { "name": c.name, "arguments": c.arguments },
+                    })
+                })
+                .collect();
+        }
+        m
+    }
+}
+
+/// A tool-call id unique in this process and unlikely to repeat across restarts.
+pub fn new_call_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // SplitMix-style scrambling so consecutive ids do not look sequential.
+    let mut z = now ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z ^= z >> 27;
+    format!("call_{z:016x}{n:08x}")
 }

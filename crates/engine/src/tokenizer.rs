@@ -126,7 +126,14 @@ impl Tokenizer {
         tk.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::new(
             false, false, false,
         )));
-        Ok(Self::assemble(tk, added))
+        let mut tokenizer = Self::assemble(tk, added);
+        // Type 5 = unused padding ids (`[PAD151665]`...): no text, as in `tokenizer.json`.
+        for (id, _) in types.iter().enumerate().filter(|(_, t)| **t == 5) {
+            if let Some(p) = tokenizer.pieces.get_mut(id) {
+                p.clear();
+            }
+        }
+        Ok(tokenizer)
     }
 
     /// Loads a Hugging Face `tokenizer.json`.
@@ -190,6 +197,11 @@ impl Tokenizer {
             .filter(|t| t.control)
             .map(|t| t.text.as_str())
             .collect()
+    }
+
+    /// Ids of all added tokens, control or not (`<|im_end|>`, `<tool_call>`, ...).
+    pub fn added_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.added.iter().map(|t| t.id)
     }
 
     /// The id of an added token such as `<|im_end|>`.

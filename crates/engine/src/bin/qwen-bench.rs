@@ -1,7 +1,7 @@
 //! Benchmarks the engine with no Node: load time, prefill and decode tokens/s, peak RSS.
 //!
 //!   qwen-bench --model models/x.gguf [--prompt-tokens 512] [--gen-tokens 64] [--threads N]
-//!              [--device cpu] [--chat "question"]
+//!              [--device cpu] [--chat "question"] [--request body.json [--repeat N]]
 //!
 //! Prints one JSON object on stdout.
 
@@ -34,6 +34,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     opts.threads = arg(&args, "--threads").map(|t| t.parse()).transpose()?;
     opts.device = arg(&args, "--device").unwrap_or_else(|| "auto".into());
 
+    if let Some(file) = arg(&args, "--request") {
+        // One OpenAI-shaped request body from a file; prints the answer and how it ended.
+        // With --repeat N, later runs reuse the cached prompt, so their rate is decode speed
+        // (grammar masks included when the request is constrained).
+        let engine = Engine::load(&opts, None)?;
+        let body: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(file)?)?;
+        let repeat: usize = arg(&args, "--repeat").map_or(Ok(1), |t| t.parse())?;
+        for run in 0..repeat.max(1) {
+            let t0 = Instant::now();
+            let (message, reason, usage) = engine.submit_json(&body)?.blocking_answer()?;
+            let secs = t0.elapsed().as_secs_f64();
+            if run == 0 {
+                println!("{}", message.to_json());
+            }
+            println!(
+                "{}",
+                serde_json::json!({
+                    "run": run, "finish_reason": reason, "completion_tokens": usage.completion_tokens,
+                    "seconds": secs, "tok_s": usage.completion_tokens as f64 / secs,
+                })
+            );
+        }
+        return Ok(());
+    }
+
     if let Some(question) = arg(&args, "--chat") {
         let engine = Engine::load(&opts, None)?;
         let body = serde_json::json!({
@@ -45,6 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             match event? {
                 Event::Text(t) => print!("{t}"),
                 Event::Finished { reason, usage } => println!("\n[{reason:?} {usage:?}]"),
+                call => println!("\n{call:?}"),
             }
         }
         return Ok(());

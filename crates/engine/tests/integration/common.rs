@@ -1,4 +1,5 @@
 use qwen_engine::candle_core::quantized::gguf_file;
+use qwen_engine::{Engine, EngineOptions};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -33,4 +34,15 @@ pub fn chat_template_source() -> String {
         .to_string()
         .expect("chat template")
         .clone()
+}
+
+/// One engine on the default model for every test in the binary (tests run in parallel and
+/// queue on it, as concurrent requests do).
+pub fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut opts = EngineOptions::new(model_path());
+        opts.threads = Some(2);
+        Engine::load(&opts, None).expect("load the default model")
+    })
 }

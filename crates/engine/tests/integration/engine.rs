@@ -1,32 +1,13 @@
 //! The engine end to end on the real model, with no Node: answers, determinism, limits, cancel.
 
-use crate::common::model_path;
-use qwen_engine::{Engine, EngineError, EngineOptions, Event, FinishReason};
+use crate::common::engine;
+use qwen_engine::{EngineError, Event, FinishReason};
 use serde_json::json;
-use std::sync::OnceLock;
-
-fn engine() -> &'static Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        let mut opts = EngineOptions::new(model_path());
-        opts.threads = Some(2);
-        Engine::load(&opts, None).expect("load the default model")
-    })
-}
 
 /// Runs a request to the end: (text, finish reason, completion tokens).
 fn run(body: serde_json::Value) -> Result<(String, FinishReason, usize), EngineError> {
-    let mut g = engine().submit_json(&body)?;
-    let mut text = String::new();
-    while let Some(event) = g.blocking_next() {
-        match event? {
-            Event::Text(t) => text.push_str(&t),
-            Event::Finished { reason, usage } => {
-                return Ok((text, reason, usage.completion_tokens))
-            }
-        }
-    }
-    panic!("stream ended without Finished")
+    let (message, reason, usage) = engine().submit_json(&body)?.blocking_answer()?;
+    Ok((message.content, reason, usage.completion_tokens))
 }
 
 fn ask(q: &str) -> serde_json::Value {
@@ -78,6 +59,7 @@ fn a_cancelled_request_ends_with_aborted_and_the_engine_goes_on() {
                 }
             }
             Some(Ok(Event::Finished { .. })) => panic!("finished despite cancel"),
+            Some(Ok(other)) => panic!("unexpected {other:?}"),
             Some(Err(e)) => break e,
             None => panic!("no error after cancel"),
         }

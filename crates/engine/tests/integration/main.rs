@@ -8,3 +8,4 @@ mod safetensors_parity;
 mod template_parity;
 mod tiny_model_parity;
 mod tokenizer_parity;
+mod tools;

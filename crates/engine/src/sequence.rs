@@ -1,0 +1,64 @@
+//! A KV cache together with the tokens it holds, kept between requests: a prompt that begins like
+//! the previous one (system prompt, tool definitions, earlier turns of an agent loop) reuses that
+//! prefix instead of recomputing it.
+
+use crate::error::Result;
+use crate::kv_cache::KvCache;
+use crate::model::Qwen2;
+use candle_core::Tensor;
+
+pub struct Sequence {
+    kv: KvCache,
+    /// The tokens whose keys and values `kv` holds, in order.
+    tokens: Vec<u32>,
+}
+
+impl Sequence {
+    pub fn new(model: &Qwen2) -> Self {
+        Self {
+            kv: model.new_cache(),
+            tokens: Vec::new(),
+        }
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Keeps the longest cached prefix of `prompt`, short of its last token (whose logits start
+    /// the answer), and returns its length.
+    pub fn reuse_prefix(&mut self, prompt: &[u32]) -> usize {
+        let shared = self
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt.len().saturating_sub(1));
+        self.truncate(shared);
+        shared
+    }
+
+    /// Forgets positions from `len` on.
+    pub fn truncate(&mut self, len: usize) {
+        self.tokens.truncate(len);
+        self.kv.truncate(len);
+    }
+
+    /// Ensures room for `total` positions up front, so decoding does not reallocate.
+    pub fn reserve(&mut self, total: usize) -> Result<()> {
+        Ok(self.kv.reserve(total)?)
+    }
+
+    /// Runs `tokens` after the cached ones and returns the next-token logits.
+    pub fn forward(&mut self, model: &Qwen2, tokens: &[u32]) -> Result<Tensor> {
+        let logits = model.forward(tokens, &mut self.kv)?;
+        self.tokens.extend_from_slice(tokens);
+        Ok(logits)
+    }
+}
