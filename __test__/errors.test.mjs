@@ -24,7 +24,7 @@ test('bad requests reject with ERR_INVALID_REQUEST naming the problem', async ()
     [{ messages: user('hi'), temperature: 'hot' }, /temperature/],
     [{ messages: user('hi'), stop: [''] }, /stop/],
     [{ messages: user('hi'), n: 2 }, /`n`/],
-    [{ messages: user('hi'), tool_choice: 'required', tools: [{ type: 'function', function: { name: 'f' } }] }, /tool_choice/],
+    [{ messages: user('hi'), tool_choice: 'always', tools: [{ type: 'function', function: { name: 'f' } }] }, /tool_choice/],
     ['not an object', /object/],
   ]
   for (const [request, message] of cases) {

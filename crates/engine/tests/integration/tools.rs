@@ -167,7 +167,7 @@ fn random_walks_under_the_tool_grammar_always_give_valid_calls() {
             // Random logits; often favour short tokens so structures close and walks end.
             let mut logits: Vec<f32> = (0..151_936).map(|_| (rng.next() % 1000) as f32).collect();
             // After a while, favour what closes strings, numbers, objects and arrays.
-            if ids.len() > 24 && rng.next() % 4 != 0 {
+            if ids.len() > 24 && !rng.next().is_multiple_of(4) {
                 for (i, l) in logits.iter_mut().enumerate() {
                     if matches!(tok.token_bytes(i as u32), b"\"" | b"}" | b"]" | b"\n")
                         || i as u32 == eot
