@@ -30,6 +30,11 @@ pub enum EngineError {
     Internal(String),
 }
 
+/// `Err(ERR_INVALID_REQUEST)` with a message naming the field and what to change.
+pub(crate) fn invalid<T>(msg: impl Display) -> Result<T> {
+    Err(EngineError::invalid(msg))
+}
+
 impl EngineError {
     /// The stable code JS callers switch on.
     pub fn code(&self) -> &'static str {

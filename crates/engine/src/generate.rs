@@ -10,7 +10,7 @@ use crate::sampling::{Sampler, SamplingParams};
 use crate::sequence::Sequence;
 use crate::stop::StopMatcher;
 use crate::tokenizer::Tokenizer;
-use crate::tool_parser::{classify_opening, Opening, Parsed, ToolCallParser};
+use crate::tool_parser::{self, classify_opening, Opening, Parsed, ToolCallParser};
 use crate::tools::{ToolChoice, ToolSettings};
 
 /// Prompt tokens per forward pass during prefill: bounds the attention scratch memory and lets
@@ -20,9 +20,6 @@ const PREFILL_CHUNK: usize = 512;
 const INITIAL_COMPLETION_RESERVE: usize = 512;
 /// Tokens an answer's opening may take before it is clearly text or a call written as JSON.
 const MAX_UNDECIDED_OPENING: usize = 12;
-
-pub const TOOL_CALL_OPEN: &str = "<tool_call>";
-pub const TOOL_CALL_CLOSE: &str = "</tool_call>";
 
 pub struct GenerationParams {
     pub max_tokens: usize,
@@ -81,14 +78,20 @@ pub fn generate(
     // Compiled before any model work, so a bad schema fails fast.
     let mut constraint = grammar::answer_grammar(settings).map(compile).transpose()?;
     let call_grammar = grammar::tool_call_grammar(settings);
-    let tool_open = tokenizer.added_token_id(TOOL_CALL_OPEN);
+    let call_constraint = || match &call_grammar {
+        Some(lark) => compile(lark.clone()),
+        None => Err(EngineError::Internal(
+            "no declared tool can be called".into(),
+        )),
+    };
+    let tool_open = tokenizer.added_token_id(tool_parser::OPEN);
     // A free `auto` answer that opens like a call written as JSON is redone as a real call.
     let mut watch_opening =
         constraint.is_none() && call_grammar.is_some() && settings.choice == ToolChoice::Auto;
     let banned: Vec<u32> = if settings.tools.is_empty() || settings.may_call() {
         vec![]
     } else {
-        [TOOL_CALL_OPEN, TOOL_CALL_CLOSE]
+        [tool_parser::OPEN, tool_parser::CLOSE]
             .iter()
             .filter_map(|t| tokenizer.added_token_id(t))
             .collect()
@@ -140,7 +143,7 @@ pub fn generate(
             }
             None if Some(token) == tool_open && call_grammar.is_some() => {
                 // The model opened a call: from here on it must be a valid one.
-                let mut c = compile(call_grammar.clone().unwrap_or_default())?;
+                let mut c = call_constraint()?;
                 c.commit(token)?;
                 constraint = Some(c);
                 in_call = true;
@@ -161,7 +164,7 @@ pub fn generate(
                     seq.truncate(prompt.len());
                     logits = answer_start.clone();
                     sampler = Sampler::new(params.sampling.clone());
-                    constraint = Some(compile(call_grammar.clone().unwrap_or_default())?);
+                    constraint = Some(call_constraint()?);
                     out.calls_checked();
                     watch_opening = false;
                     opening.clear();

@@ -1,7 +1,7 @@
 //! Chat requests in the OpenAI Chat Completions wire shape, validated once at the edge.
 //! Every rule has its own message naming the field and what to change.
 
-use crate::error::{EngineError, Result};
+use crate::error::{invalid, EngineError, Result};
 use crate::sampling::SamplingParams;
 use crate::tools::ToolSettings;
 use serde_json::{Map, Value};
@@ -24,10 +24,6 @@ pub type GenerationDefaults = SamplingParams;
 
 const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 const MAX_STOP: usize = 16;
-
-fn invalid<T>(msg: impl std::fmt::Display) -> Result<T> {
-    Err(EngineError::invalid(msg))
-}
 
 impl ChatRequest {
     pub fn from_json(body: &Value, defaults: &GenerationDefaults) -> Result<Self> {

@@ -1,6 +1,7 @@
 //! OpenAI-shaped responses: `chat.completion` objects and `chat.completion.chunk` stream chunks.
 
 use crate::generate::Event;
+use crate::sampling::Rng;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -203,9 +204,7 @@ pub fn new_call_id() -> String {
         .unwrap_or_default()
         .as_nanos() as u64;
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    // SplitMix-style scrambling so consecutive ids do not look sequential.
-    let mut z = now ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z ^= z >> 27;
+    // Scrambled so consecutive ids do not look sequential; the counter keeps them unique.
+    let z = Rng::new(now ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64();
     format!("call_{z:016x}{n:08x}")
 }

@@ -33,17 +33,25 @@ impl SamplingParams {
     }
 }
 
-/// SplitMix64: tiny, fast, and good enough to draw one uniform number per token.
-struct Rng(u64);
+/// SplitMix64: tiny, fast, and good enough to draw one uniform number per token (and to
+/// scramble ids and drive property tests).
+pub struct Rng(u64);
 
 impl Rng {
-    fn next_f32(&mut self) -> f32 {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 40) as f32 / (1u64 << 24) as f32
+        z ^ (z >> 31)
+    }
+
+    fn next_f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
 }
 

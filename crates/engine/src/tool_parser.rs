@@ -4,8 +4,9 @@
 
 use serde_json::Value;
 
-const OPEN: &str = "<tool_call>";
-const CLOSE: &str = "</tool_call>";
+/// Qwen's tool-call markup (added tokens in its vocabulary).
+pub const OPEN: &str = "<tool_call>";
+pub const CLOSE: &str = "</tool_call>";
 
 /// What the parser recognised, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,11 +73,6 @@ impl ToolCallParser {
     /// Whether calls are streamed as generated (grammar-checked) or held until they parse.
     pub fn stream_calls(&mut self, on: bool) {
         self.stream_calls = on;
-    }
-
-    /// Number of calls recognised so far.
-    pub fn calls(&self) -> usize {
-        self.calls
     }
 
     pub fn push(&mut self, text: &str) -> Vec<Parsed> {

@@ -1,7 +1,7 @@
 //! The request side of function calling and structured output: declared tools, `tool_choice`,
 //! `parallel_tool_calls` and `response_format`, validated once with messages naming the field.
 
-use crate::error::{EngineError, Result};
+use crate::error::{invalid, Result};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 
@@ -94,10 +94,6 @@ impl ToolSettings {
             constrained,
         })
     }
-}
-
-fn invalid<T>(msg: impl std::fmt::Display) -> Result<T> {
-    Err(EngineError::invalid(msg))
 }
 
 fn flag(body: &serde_json::Map<String, Value>, name: &str, default: bool) -> Result<bool> {
