@@ -438,6 +438,7 @@ impl Worker {
             stop: job.request.stop.clone(),
             eos: self.eos.clone(),
             tools: job.request.tool_settings.clone(),
+            answered: crate::tools::answered_calls(&job.request.messages),
         };
         if needs_grammar(&params.tools) && self.grammars.is_none() {
             let end_of_turn = shared

@@ -12,6 +12,7 @@ use crate::stop::StopMatcher;
 use crate::tokenizer::Tokenizer;
 use crate::tool_parser::{self, classify_opening, Opening, Parsed, ToolCallParser};
 use crate::tools::{ToolChoice, ToolSettings};
+use serde_json::Value;
 
 /// Prompt tokens per forward pass during prefill: bounds the attention scratch memory and lets
 /// a cancel land between chunks of a long prompt.
@@ -27,6 +28,16 @@ pub struct GenerationParams {
     pub stop: Vec<String>,
     pub eos: Vec<u32>,
     pub tools: ToolSettings,
+    /// Calls already made and answered in this turn (see [`crate::tools::answered_calls`]).
+    pub answered: Vec<(String, Value)>,
+}
+
+/// Why an answer starts over from its first token.
+enum Redo {
+    /// It opened as a call written as JSON: redo it in Qwen's trained format, under the grammar.
+    AsCall,
+    /// It repeated a call that was just answered: redo it as a text answer.
+    AsText,
 }
 
 /// What a generation reports, in order: text and tool-call pieces, then one `Finished`.
@@ -88,7 +99,7 @@ pub fn generate(
     // A free `auto` answer that opens like a call written as JSON is redone as a real call.
     let mut watch_opening =
         constraint.is_none() && call_grammar.is_some() && settings.choice == ToolChoice::Auto;
-    let banned: Vec<u32> = if settings.tools.is_empty() || settings.may_call() {
+    let mut banned: Vec<u32> = if settings.tools.is_empty() || settings.may_call() {
         vec![]
     } else {
         [tool_parser::OPEN, tool_parser::CLOSE]
@@ -110,24 +121,63 @@ pub fn generate(
     let mut logits = answer_start.clone();
 
     let mut sampler = Sampler::new(params.sampling.clone());
-    let mut out = Output::new(params, settings, constraint.is_some(), emit);
+    // Right after tool results, a small model may call the same tool again instead of
+    // answering; such calls are held until complete, and a repeat starts the answer over.
+    let guard_repeats = settings.constrained && settings.choice == ToolChoice::Auto;
+    let answered = if guard_repeats {
+        params.answered.clone()
+    } else {
+        vec![]
+    };
+    let mut out = Output::new(params, settings, constraint.is_some(), answered, emit);
     let mut opening: Vec<u32> = Vec::new();
     // The constraint is a call's (which may end mid-answer), not a JSON answer's.
     let mut in_call = false;
+    let mut redo = None;
+    // Tokens that may not open a redone text answer, until visible text starts.
+    let mut opening_bans: Vec<u32> = Vec::new();
     let mut generated = 0;
     let reason = loop {
         if let Some(e) = interrupt() {
             return Err(e);
         }
+        if let Some(r) = redo.take() {
+            seq.truncate(prompt.len());
+            logits = answer_start.clone();
+            sampler = Sampler::new(params.sampling.clone());
+            generated = 0;
+            opening.clear();
+            in_call = false;
+            watch_opening = false;
+            match r {
+                Redo::AsCall => {
+                    constraint = Some(call_constraint()?);
+                    out.calls_checked();
+                }
+                Redo::AsText => {
+                    constraint = None;
+                    out.restart_as_text();
+                    banned.extend(
+                        [tool_parser::OPEN, tool_parser::CLOSE]
+                            .iter()
+                            .filter_map(|t| tokenizer.added_token_id(t)),
+                    );
+                    opening_bans = punctuation_openings(tokenizer);
+                }
+            }
+        }
         let mut values = logits.to_vec1::<f32>()?;
         if let Some(c) = constraint.as_mut() {
             c.mask(&mut values)?;
         }
-        for &b in &banned {
+        for &b in banned.iter().chain(&opening_bans) {
             values[b as usize] = f32::NEG_INFINITY;
         }
         let token = sampler.sample(&mut values);
         generated += 1;
+        if !tokenizer.token_bytes(token).trim_ascii().is_empty() {
+            opening_bans.clear();
+        }
         if params.eos.contains(&token) {
             break FinishReason::Stop;
         }
@@ -160,15 +210,7 @@ pub fn generate(
             opening.push(token);
             match classify_opening(&tokenizer.decode(&opening)) {
                 Opening::ToolCall => {
-                    // Redo the answer from its start in Qwen's trained call format.
-                    seq.truncate(prompt.len());
-                    logits = answer_start.clone();
-                    sampler = Sampler::new(params.sampling.clone());
-                    constraint = Some(call_constraint()?);
-                    out.calls_checked();
-                    watch_opening = false;
-                    opening.clear();
-                    generated = 0;
+                    redo = Some(Redo::AsCall);
                     continue;
                 }
                 Opening::Undecided
@@ -187,6 +229,10 @@ pub fn generate(
             }
         } else if out.tokens(tokenizer, &[token])? {
             break FinishReason::Stop;
+        }
+        if out.repeated {
+            redo = Some(Redo::AsText);
+            continue;
         }
         if generated >= params.max_tokens {
             break FinishReason::Length;
@@ -207,12 +253,19 @@ pub fn generate(
 /// Tokens to events: UTF-8 assembly, stop strings, then tool-call recognition.
 struct Output<'a> {
     decoder: StreamDecoder,
+    stop: Vec<String>,
     stops: StopMatcher,
     parser: Option<ToolCallParser>,
     /// Ids of the calls so far, by index.
     ids: Vec<String>,
     /// A stop string ended the answer.
     stopped: bool,
+    /// Calls answered earlier in this turn: calls are held until complete, and one that
+    /// repeats them is not emitted but reported in `repeated`.
+    answered: Vec<(String, Value)>,
+    repeated: bool,
+    /// Something reached `emit` (an answer can no longer start over).
+    emitted: bool,
     emit: &'a mut dyn FnMut(Event) -> bool,
 }
 
@@ -221,26 +274,39 @@ impl<'a> Output<'a> {
         params: &GenerationParams,
         settings: &ToolSettings,
         checked: bool,
+        answered: Vec<(String, Value)>,
         emit: &'a mut dyn FnMut(Event) -> bool,
     ) -> Self {
         let known = settings.callable().iter().map(|t| t.name.clone()).collect();
         Self {
             decoder: StreamDecoder::default(),
+            stop: params.stop.clone(),
             stops: StopMatcher::new(params.stop.clone()),
             parser: settings
                 .may_call()
-                .then(|| ToolCallParser::new(known, checked)),
+                .then(|| ToolCallParser::new(known, checked && answered.is_empty())),
             ids: Vec::new(),
             stopped: false,
+            answered,
+            repeated: false,
+            emitted: false,
             emit,
         }
     }
 
     /// From here on calls come from the grammar: stream them as they are generated.
     fn calls_checked(&mut self) {
-        if let Some(p) = self.parser.as_mut() {
+        if let Some(p) = self.parser.as_mut().filter(|_| self.answered.is_empty()) {
             p.stream_calls(true);
         }
+    }
+
+    /// Forgets the discarded attempt (nothing of it was emitted); the new one is plain text.
+    fn restart_as_text(&mut self) {
+        self.decoder = StreamDecoder::default();
+        self.stops = StopMatcher::new(self.stop.clone());
+        self.parser = None;
+        self.repeated = false;
     }
 
     /// Feeds generated tokens; true once a stop string ends the answer.
@@ -272,6 +338,10 @@ impl<'a> Output<'a> {
     }
 
     fn parsed(&mut self, parsed: Vec<Parsed>) -> Result<()> {
+        if self.repeats_answered_call(&parsed) {
+            self.repeated = true;
+            return Ok(());
+        }
         for p in parsed {
             let event = match p {
                 Parsed::Text(t) => Event::Text(t),
@@ -306,11 +376,41 @@ impl<'a> Output<'a> {
         Ok(self.ids.len())
     }
 
+    /// Whether `parsed` opens the answer with a call identical (same name, same arguments as
+    /// JSON values) to one already answered. Held calls arrive whole: start, then arguments.
+    fn repeats_answered_call(&self, parsed: &[Parsed]) -> bool {
+        let Some([Parsed::CallStart { name, .. }, Parsed::CallArguments { text, .. }]) =
+            parsed.get(..2)
+        else {
+            return false;
+        };
+        let Ok(arguments) = serde_json::from_str::<Value>(text) else {
+            return false;
+        };
+        !self.emitted
+            && self
+                .answered
+                .iter()
+                .any(|(n, a)| n == name && *a == arguments)
+    }
+
     fn send(&mut self, event: Event) -> Result<()> {
+        self.emitted = true;
         if (self.emit)(event) {
             Ok(())
         } else {
             Err(EngineError::Aborted)
         }
     }
+}
+
+/// Tokens whose text (after leading whitespace) starts with ASCII punctuation: JSON, fences,
+/// brackets, markup. A text answer redone after a repeated call must open with a word.
+fn punctuation_openings(tokenizer: &Tokenizer) -> Vec<u32> {
+    (0..tokenizer.vocab_size() as u32)
+        .filter(|&id| {
+            let text = tokenizer.token_bytes(id).trim_ascii_start();
+            text.first().is_some_and(u8::is_ascii_punctuation)
+        })
+        .collect()
 }

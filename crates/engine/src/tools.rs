@@ -96,6 +96,28 @@ impl ToolSettings {
     }
 }
 
+/// The calls made since the user last spoke, when the conversation ends with their results:
+/// (name, arguments). A call that repeats one of these is the loop small models fall into.
+pub fn answered_calls(messages: &[Value]) -> Vec<(String, Value)> {
+    if messages.last().and_then(|m| m.get("role")) != Some(&Value::from("tool")) {
+        return vec![];
+    }
+    messages
+        .iter()
+        .rev()
+        .take_while(|m| m.get("role").and_then(Value::as_str) != Some("user"))
+        .filter_map(|m| m.get("tool_calls").and_then(Value::as_array))
+        .flatten()
+        .filter_map(|c| {
+            let f = c.get("function")?;
+            Some((
+                f.get("name")?.as_str()?.to_string(),
+                f.get("arguments")?.clone(),
+            ))
+        })
+        .collect()
+}
+
 fn flag(body: &serde_json::Map<String, Value>, name: &str, default: bool) -> Result<bool> {
     match body.get(name) {
         None | Some(Value::Null) => Ok(default),
@@ -308,6 +330,32 @@ mod tests {
         assert!(error_of(json!({"tools": tools, "tool_choice": "always"})).contains("tool_choice"));
         let none = settings(json!({"tools": tools, "tool_choice": "none"})).unwrap();
         assert!(!none.may_call());
+    }
+
+    #[test]
+    fn answered_calls_are_those_since_the_last_user_message() {
+        let call = |n: &str, a: Value| json!({"type": "function", "function": {"name": n, "arguments": a}});
+        let mut messages = vec![
+            json!({"role": "user", "content": "old"}),
+            json!({"role": "assistant", "content": null, "tool_calls": [call("old", json!({}))]}),
+            json!({"role": "tool", "content": "1"}),
+            json!({"role": "user", "content": "new"}),
+            json!({"role": "assistant", "content": null, "tool_calls": [call("a", json!({"x": 1})), call("b", json!({}))]}),
+            json!({"role": "tool", "content": "2"}),
+            json!({"role": "tool", "content": "3"}),
+        ];
+        assert_eq!(
+            answered_calls(&messages),
+            vec![
+                ("a".to_string(), json!({"x": 1})),
+                ("b".to_string(), json!({}))
+            ]
+        );
+        messages.push(json!({"role": "assistant", "content": "done"}));
+        assert!(
+            answered_calls(&messages).is_empty(),
+            "only right after tool results"
+        );
     }
 
     #[test]
