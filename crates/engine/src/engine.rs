@@ -367,13 +367,7 @@ pub fn prepare_prompt(
     request: &ChatRequest,
     context_length: usize,
 ) -> Result<(Vec<u32>, usize)> {
-    let rendered = template.render_marked(
-        &request.messages,
-        request.tools.as_deref(),
-        true,
-        &tokenizer.control_tokens(),
-    )?;
-    let prompt = tokenizer.encode_segments(&rendered.segments())?;
+    let prompt = render_prompt(tokenizer, template, request, request.tools.as_deref())?;
     let room = context_length.saturating_sub(prompt.len());
     match request.max_tokens {
         Some(max) if max <= room => Ok((prompt, max)),
@@ -386,6 +380,18 @@ pub fn prepare_prompt(
             if requested.is_some() { " or lower max_tokens" } else { "" }
         ))),
     }
+}
+
+/// The prompt tokens of `request`'s messages with `tools` in the system prompt.
+fn render_prompt(
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    request: &ChatRequest,
+    tools: Option<&[serde_json::Value]>,
+) -> Result<Vec<u32>> {
+    let rendered =
+        template.render_marked(&request.messages, tools, true, &tokenizer.control_tokens())?;
+    tokenizer.encode_segments(&rendered.segments())
 }
 
 struct Worker {
@@ -432,13 +438,23 @@ impl Worker {
             &job.request,
             self.model.max_positions(),
         )?;
+        let answered = crate::tools::answered_calls(&job.request.messages);
+        // Only needed if the model repeats an answered call: then its answer is redone as text
+        // on the prompt without the tools, which a small model otherwise keeps reaching for.
+        let text_prompt = match &job.request.tools {
+            Some(_) if job.request.tool_settings.guards_repeats() && !answered.is_empty() => Some(
+                render_prompt(&shared.tokenizer, &shared.template, &job.request, None)?,
+            ),
+            _ => None,
+        };
         let params = GenerationParams {
             max_tokens,
             sampling: job.request.sampling.clone(),
             stop: job.request.stop.clone(),
             eos: self.eos.clone(),
             tools: job.request.tool_settings.clone(),
-            answered: crate::tools::answered_calls(&job.request.messages),
+            answered,
+            text_prompt,
         };
         if needs_grammar(&params.tools) && self.grammars.is_none() {
             let end_of_turn = shared

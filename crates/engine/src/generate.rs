@@ -12,6 +12,7 @@ use crate::stop::StopMatcher;
 use crate::tokenizer::Tokenizer;
 use crate::tool_parser::{self, classify_opening, Opening, Parsed, ToolCallParser};
 use crate::tools::{ToolChoice, ToolSettings};
+use candle_core::Tensor;
 use serde_json::Value;
 
 /// Prompt tokens per forward pass during prefill: bounds the attention scratch memory and lets
@@ -30,13 +31,16 @@ pub struct GenerationParams {
     pub tools: ToolSettings,
     /// Calls already made and answered in this turn (see [`crate::tools::answered_calls`]).
     pub answered: Vec<(String, Value)>,
+    /// The prompt without the tools, for an answer redone as text after a repeated call.
+    pub text_prompt: Option<Vec<u32>>,
 }
 
 /// Why an answer starts over from its first token.
 enum Redo {
     /// It opened as a call written as JSON: redo it in Qwen's trained format, under the grammar.
     AsCall,
-    /// It repeated a call that was just answered: redo it as a text answer.
+    /// It repeated a call that was just answered: redo it as a text answer, on the prompt
+    /// without the tools where the request gives one.
     AsText,
 }
 
@@ -108,23 +112,13 @@ pub fn generate(
             .collect()
     };
 
-    let start = seq.reuse_prefix(prompt);
-    seq.reserve(prompt.len() + params.max_tokens.min(INITIAL_COMPLETION_RESERVE))?;
-    let mut logits = None;
-    for chunk in prompt[start..].chunks(PREFILL_CHUNK) {
-        if let Some(e) = interrupt() {
-            return Err(e);
-        }
-        logits = Some(seq.forward(model, chunk)?);
-    }
-    let answer_start = logits.ok_or_else(|| EngineError::invalid("the prompt is empty"))?;
+    let mut prompt = prompt;
+    let mut answer_start = prefill(model, seq, prompt, params.max_tokens, interrupt)?;
     let mut logits = answer_start.clone();
 
     let mut sampler = Sampler::new(params.sampling.clone());
-    // Right after tool results, a small model may call the same tool again instead of
-    // answering; such calls are held until complete, and a repeat starts the answer over.
-    let guard_repeats = settings.constrained && settings.choice == ToolChoice::Auto;
-    let answered = if guard_repeats {
+    // Calls right after tool results are held until complete; a repeat starts the answer over.
+    let answered = if settings.guards_repeats() {
         params.answered.clone()
     } else {
         vec![]
@@ -155,6 +149,11 @@ pub fn generate(
                     out.calls_checked();
                 }
                 Redo::AsText => {
+                    if let Some(text_prompt) = &params.text_prompt {
+                        prompt = text_prompt;
+                        answer_start = prefill(model, seq, prompt, params.max_tokens, interrupt)?;
+                        logits = answer_start.clone();
+                    }
                     constraint = None;
                     out.restart_as_text();
                     banned.extend(
@@ -248,6 +247,27 @@ pub fn generate(
         reason,
         usage: Usage::new(prompt.len(), generated),
     })
+}
+
+/// Runs `prompt` through the model, reusing the prefix `seq` already holds; returns the logits
+/// of the first answer token.
+fn prefill(
+    model: &Qwen2,
+    seq: &mut Sequence,
+    prompt: &[u32],
+    max_tokens: usize,
+    interrupt: &dyn Fn() -> Option<EngineError>,
+) -> Result<Tensor> {
+    let start = seq.reuse_prefix(prompt);
+    seq.reserve(prompt.len() + max_tokens.min(INITIAL_COMPLETION_RESERVE))?;
+    let mut logits = None;
+    for chunk in prompt[start..].chunks(PREFILL_CHUNK) {
+        if let Some(e) = interrupt() {
+            return Err(e);
+        }
+        logits = Some(seq.forward(model, chunk)?);
+    }
+    logits.ok_or_else(|| EngineError::invalid("the prompt is empty"))
 }
 
 /// Tokens to events: UTF-8 assembly, stop strings, then tool-call recognition.

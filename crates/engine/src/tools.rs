@@ -64,6 +64,12 @@ impl ToolSettings {
         !self.tools.is_empty() && self.choice != ToolChoice::None
     }
 
+    /// Whether a call repeating one already answered is turned into a text answer: right after
+    /// tool results, a small model may call the same tool again instead of answering.
+    pub fn guards_repeats(&self) -> bool {
+        self.constrained && self.choice == ToolChoice::Auto && !self.tools.is_empty()
+    }
+
     /// The tools a call may name under `tool_choice`.
     pub fn callable(&self) -> Vec<&ToolSpec> {
         match &self.choice {

@@ -102,19 +102,22 @@ fn json_schema_answer_validates() {
 fn a_call_repeated_after_its_result_becomes_a_text_answer() {
     let call = json!({"id": "call_1", "type": "function", "function": {
         "name": "get_weather", "arguments": "{\"location\": \"Lisbon\", \"unit\": \"celsius\"}"}});
-    let messages = json!([
-        {"role": "system", "content": "You are a helpful assistant. When a tool result arrives, answer the user's question in one sentence using it."},
-        {"role": "user", "content": "What's the weather in Lisbon in celsius?"},
-        {"role": "assistant", "content": null, "tool_calls": [call]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "{\"temperature\": 23, \"unit\": \"celsius\", \"condition\": \"sunny\"}"}
-    ]);
-    // Left alone, the 0.5B model calls get_weather again; the guard makes it answer.
-    let (m, reason) = answer(
-        json!({"messages": messages, "tools": [weather_tool()], "temperature": 0, "max_tokens": 60}),
-    );
-    assert_eq!(reason, FinishReason::Stop, "{m:?}");
-    assert!(m.tool_calls.is_empty(), "{m:?}");
-    assert!(m.content.contains("23"), "{m:?}");
+    let turn = [
+        json!({"role": "user", "content": "What's the weather in Lisbon in celsius?"}),
+        json!({"role": "assistant", "content": null, "tool_calls": [call]}),
+        json!({"role": "tool", "tool_call_id": "call_1", "content": "{\"temperature\": 23, \"unit\": \"celsius\", \"condition\": \"sunny\"}"}),
+    ];
+    let system = json!({"role": "system", "content": "You are a helpful assistant. When a tool result arrives, answer the user's question in one sentence using it."});
+    // Left alone, the 0.5B model calls get_weather again; the guard makes it answer, on the
+    // prompt without the tools, with or without a system prompt asking for an answer.
+    for messages in [turn.to_vec(), [vec![system], turn.to_vec()].concat()] {
+        let (m, reason) = answer(
+            json!({"messages": messages, "tools": [weather_tool()], "temperature": 0, "max_tokens": 60}),
+        );
+        assert_eq!(reason, FinishReason::Stop, "{m:?}");
+        assert!(m.tool_calls.is_empty(), "{m:?}");
+        assert!(m.content.contains("23"), "{m:?}");
+    }
 }
 
 // ---- the grammar, on the real vocabulary ----
