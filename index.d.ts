@@ -12,6 +12,8 @@ export type QwenErrorCode =
   | 'ERR_CLOSED'
   | 'ERR_OVERLOADED'
   | 'ERR_INTERNAL'
+  /** Thrown when the package is loaded and neither a local build nor the platform's prebuilt addon exists. */
+  | 'ERR_ADDON_NOT_FOUND'
 
 export interface QwenError extends Error {
   code: QwenErrorCode

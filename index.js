@@ -2,8 +2,33 @@
 // qwen-native: the JS API. Wraps the native addon with OpenAI-shaped promises and async
 // iterators, AbortSignal support, error codes and the default model path.
 
+const fs = require('node:fs')
 const path = require('node:path')
-const native = require('./qwen-native.node')
+const { prebuiltPackage } = require('./scripts/platform.js')
+
+/**
+ * The native addon: built from source in this folder (`npm install` in a checkout, or a git
+ * dependency), else the prebuilt package for this platform (qwen-native-<os>-<cpu>[-<libc>]).
+ */
+function loadAddon() {
+  const local = path.join(__dirname, 'qwen-native.node')
+  if (fs.existsSync(local)) return require(local)
+  const prebuilt = prebuiltPackage()
+  try {
+    return require(prebuilt.name)
+  } catch (err) {
+    if (err.code !== 'MODULE_NOT_FOUND' || !err.message.includes(prebuilt.name)) throw err
+  }
+  const err = new Error(
+    `qwen-native: no native addon for ${prebuilt.name.slice('qwen-native-'.length)}. Install the prebuilt package ` +
+      `${prebuilt.name} beside qwen-native, or build it from source (needs Rust from https://rustup.rs): ` +
+      `node ${path.join(__dirname, 'scripts', 'build.mjs')}`,
+  )
+  err.code = 'ERR_ADDON_NOT_FOUND'
+  throw err
+}
+
+const native = loadAddon()
 
 /** The default model, fetched by `npm run fetch-model`; resolved relative to this package. */
 const DEFAULT_MODEL_PATH = path.join(__dirname, 'models', 'qwen2.5-coder-0.5b-instruct-q4_k_m.gguf')

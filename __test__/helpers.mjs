@@ -62,3 +62,60 @@ export const WEATHER_TOOL = {
 }
 
 export const LISBON = [{ role: 'user', content: "What's the weather in Lisbon in celsius?" }]
+
+/**
+ * Starts the example server (`server/index.mjs`) on an ephemeral port with the real default model,
+ * as `npm start` would. Resolves once it listens; `stop()` ends it.
+ */
+export async function startServer(env = {}) {
+  const { spawn } = await import('node:child_process')
+  const child = spawn(process.execPath, ['server/index.mjs'], {
+    cwd: new URL('..', import.meta.url),
+    env: { ...process.env, PORT: '0', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  let output = ''
+  const url = await new Promise((resolve, reject) => {
+    const onData = (data) => {
+      output += data
+      const m = /listening on (http:\/\/\S+)/.exec(output)
+      if (m) resolve(m[1])
+    }
+    child.stdout.on('data', onData)
+    child.stderr.on('data', onData)
+    child.once('exit', (code) => reject(new Error(`the server exited with ${code} before listening:\n${output}`)))
+  })
+  return {
+    url,
+    /** Everything the server printed so far. */
+    output: () => output,
+    async stop() {
+      if (child.exitCode !== null) return
+      const exited = new Promise((resolve) => child.once('exit', resolve))
+      child.kill('SIGTERM')
+      await exited
+    },
+  }
+}
+
+/** Reads a Server-Sent Events response to its end: `[{ event, data }]`, data parsed when JSON. */
+export async function readEvents(response) {
+  const text = await response.text()
+  return text
+    .split('\n\n')
+    .filter((block) => block.trim() !== '')
+    .map((block) => {
+      let event = 'message'
+      const data = []
+      for (const line of block.split('\n')) {
+        if (line.startsWith('event:')) event = line.slice(6).trim()
+        else if (line.startsWith('data:')) data.push(line.slice(5).trimStart())
+      }
+      const joined = data.join('\n')
+      try {
+        return { event, data: JSON.parse(joined) }
+      } catch {
+        return { event, data: joined }
+      }
+    })
+}

@@ -1,0 +1,182 @@
+// The example Express server (server/index.mjs) over real HTTP, on the real default model: the agent
+// loop's Server-Sent Events, the OpenAI-compatible routes through the official `openai` client,
+// request validation, client disconnects and concurrent requests.
+import { test, before, after } from 'node:test'
+import assert from 'node:assert/strict'
+import OpenAI from 'openai'
+import { startServer, readEvents, WEATHER_TOOL, LISBON } from './helpers.mjs'
+
+let server
+let openai
+
+before(async () => {
+  server = await startServer()
+  openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 })
+})
+
+after(() => server?.stop())
+
+const post = (route, body, headers = { 'content-type': 'application/json' }) =>
+  fetch(`${server.url}${route}`, { method: 'POST', headers, body: typeof body === 'string' ? body : JSON.stringify(body) })
+
+const digits = (text) => text.replace(/[,\s]/g, '')
+
+test('GET /health and GET /v1/models describe the loaded model', async () => {
+  const health = await (await fetch(`${server.url}/health`)).json()
+  assert.equal(health.status, 'ok')
+  assert.equal(health.model.architecture, 'qwen2')
+  assert.deepEqual(health.requests, { active: 0 })
+  assert.ok(health.tools.includes('calculate'))
+  const models = await openai.models.list()
+  assert.deepEqual(models.data.map((m) => m.id), [health.model.name])
+  assert.equal((await openai.models.retrieve(health.model.name)).id, health.model.name)
+})
+
+test('the agent loop calls a tool and answers with its result, as ordered SSE events', async () => {
+  const res = await post('/api/agent/chat', { messages: [{ role: 'user', content: 'What is 1234 * 5678?' }], temperature: 0, max_tokens: 100 })
+  assert.equal(res.status, 200)
+  assert.match(res.headers.get('content-type'), /^text\/event-stream/)
+  const events = await readEvents(res)
+  const kinds = events.map((e) => e.event)
+  const call = events.find((e) => e.event === 'tool_call')?.data
+  const result = events.find((e) => e.event === 'tool_result')?.data
+  assert.ok(call, `a tool_call event among ${kinds}`)
+  assert.equal(call.name, 'calculate')
+  assert.equal(result.id, call.id)
+  assert.equal(result.ok, true)
+  assert.equal(result.result.result, 7006652)
+  // Order: the call, its result, then the answer streamed as deltas, then one final event.
+  const firstDelta = kinds.indexOf('delta')
+  assert.ok(kinds.indexOf('tool_call') < kinds.indexOf('tool_result'))
+  assert.ok(kinds.indexOf('tool_result') < firstDelta, kinds.join(' '))
+  assert.equal(kinds.at(-1), 'final')
+  assert.equal(kinds.filter((k) => k === 'final').length, 1)
+  const final = events.at(-1).data
+  const streamed = events.filter((e) => e.event === 'delta').map((e) => e.data.content).join('')
+  assert.equal(final.message.content, streamed)
+  assert.ok(digits(final.message.content).includes('7006652'), `the answer uses the result: ${final.message.content}`)
+  assert.equal(final.steps, 2)
+  assert.deepEqual(final.messages.map((m) => m.role), ['assistant', 'tool', 'assistant'])
+  assert.equal(final.messages[0].tool_calls[0].id, call.id)
+  assert.equal(final.messages[1].tool_call_id, call.id)
+  assert.ok(final.usage.prompt_tokens > 0 && final.usage.completion_tokens > 0)
+  assert.equal(final.usage.total_tokens, final.usage.prompt_tokens + final.usage.completion_tokens)
+})
+
+test('the openai client: non-streaming chat with tools gets tool_calls', async () => {
+  const completion = await openai.chat.completions.create({ model: 'local', messages: LISBON, tools: [WEATHER_TOOL], temperature: 0, max_tokens: 80 })
+  const [choice] = completion.choices
+  assert.equal(choice.finish_reason, 'tool_calls')
+  assert.equal(choice.message.tool_calls[0].function.name, 'get_weather')
+  assert.deepEqual(JSON.parse(choice.message.tool_calls[0].function.arguments), { location: 'Lisbon', unit: 'celsius' })
+  assert.ok(completion.usage.prompt_tokens > 0)
+})
+
+test('the openai client: streaming with tools reassembles the same call; plain streaming gives text', async () => {
+  const stream = await openai.chat.completions.create({ model: 'local', messages: LISBON, tools: [WEATHER_TOOL], temperature: 0, max_tokens: 80, stream: true })
+  const calls = []
+  let finish
+  for await (const chunk of stream) {
+    for (const d of chunk.choices[0]?.delta?.tool_calls ?? []) {
+      calls[d.index] ??= { name: d.function.name, arguments: '' }
+      calls[d.index].arguments += d.function.arguments ?? ''
+    }
+    finish = chunk.choices[0]?.finish_reason ?? finish
+  }
+  assert.equal(finish, 'tool_calls')
+  assert.equal(calls.length, 1)
+  assert.equal(calls[0].name, 'get_weather')
+  assert.deepEqual(JSON.parse(calls[0].arguments), { location: 'Lisbon', unit: 'celsius' })
+
+  const text = await openai.chat.completions.create({
+    model: 'local',
+    messages: [{ role: 'user', content: 'What is the capital of France? Answer in one word.' }],
+    temperature: 0,
+    max_tokens: 10,
+    stream: true,
+    stream_options: { include_usage: true },
+  })
+  let content = ''
+  let usage
+  for await (const chunk of text) {
+    content += chunk.choices[0]?.delta?.content ?? ''
+    usage = chunk.usage ?? usage
+  }
+  assert.match(content, /Paris/)
+  assert.ok(usage.completion_tokens > 0)
+})
+
+test('the raw SSE of /v1/chat/completions ends with data: [DONE]', async () => {
+  const res = await post('/v1/chat/completions', { messages: [{ role: 'user', content: 'Say hi.' }], max_tokens: 5, stream: true })
+  const body = await res.text()
+  assert.match(body, /^data: \{/)
+  assert.ok(body.endsWith('data: [DONE]\n\n'))
+})
+
+test('bad requests get 400/413 with an OpenAI-style error body, and the server stays up', async () => {
+  const cases = [
+    ['/v1/chat/completions', '{"messages": [', 400, /not valid JSON/],
+    ['/v1/chat/completions', '[1, 2]', 400, /must be a JSON object/],
+    ['/v1/chat/completions', {}, 400, /messages/],
+    ['/v1/chat/completions', { messages: 'hi' }, 400, null],
+    ['/v1/chat/completions', { messages: [{ role: 'wizard', content: 'x' }] }, 400, /wizard|role/],
+    ['/v1/chat/completions', { messages: LISBON, tools: [{ type: 'function', function: { name: 'bad name!' } }] }, 400, /name/],
+    ['/v1/chat/completions', { messages: LISBON, max_tokens: -1 }, 400, /max_tokens/],
+    ['/v1/chat/completions', { messages: LISBON, stream: true, temperature: 'hot' }, 400, /temperature/],
+    ['/api/agent/chat', { messages: [] }, 400, /non-empty array/],
+    ['/api/agent/chat', { messages: LISBON, tools: [WEATHER_TOOL] }, 400, /registry/],
+    ['/api/agent/chat', { messages: [{ role: 'user' }] }, 400, null],
+    ['/api/agent/chat', { messages: LISBON, max_tokens: 10 ** 9 }, 400, /context/],
+    ['/v1/chat/completions', { messages: [{ role: 'user', content: 'x'.repeat(2 * 1024 * 1024) }] }, 413, /limit/],
+  ]
+  for (const [route, body, status, message] of cases) {
+    const res = await post(route, body)
+    const label = `${route} ${(typeof body === 'string' ? body : JSON.stringify(body)).slice(0, 80)}`
+    assert.equal(res.status, status, label)
+    const { error } = await res.json()
+    assert.equal(error.type, 'invalid_request_error', label)
+    assert.match(error.code, /^ERR_/, label)
+    if (message) assert.match(error.message, message, label)
+  }
+  const noJson = await post('/v1/chat/completions', 'messages=hi', { 'content-type': 'text/plain' })
+  assert.equal(noJson.status, 400)
+  await assert.rejects(openai.chat.completions.create({ model: 'local', messages: [] }), (err) => err.status === 400)
+  assert.equal((await fetch(`${server.url}/health`)).status, 200)
+})
+
+test('a client that disconnects mid-stream frees the model for the next request', async () => {
+  const controller = new AbortController()
+  const res = await fetch(`${server.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ messages: [{ role: 'user', content: 'Count from 1 to 5000, one number per line.' }], max_tokens: 4000, stream: true }),
+    signal: controller.signal,
+  })
+  const reader = res.body.getReader()
+  await reader.read() // the stream has started: the model is generating
+  const during = await (await fetch(`${server.url}/health`)).json()
+  assert.equal(during.requests.active, 1)
+  controller.abort()
+  // The server notices the disconnect and cancels the generation.
+  for (let i = 0; i < 100; i++) {
+    const health = await (await fetch(`${server.url}/health`)).json()
+    if (health.requests.active === 0) break
+    await new Promise((r) => setTimeout(r, 50))
+  }
+  assert.equal((await (await fetch(`${server.url}/health`)).json()).requests.active, 0)
+  // Were the 4000 tokens still being generated, this request would wait for them (minutes).
+  const next = await openai.chat.completions.create({ model: 'local', messages: [{ role: 'user', content: 'What is the capital of France? Answer in one word.' }], temperature: 0, max_tokens: 10 }, { timeout: 60_000 })
+  assert.match(next.choices[0].message.content, /Paris/)
+})
+
+test('concurrent requests are all answered, each with its own answer', async () => {
+  const ask = (content) => openai.chat.completions.create({ model: 'local', messages: [{ role: 'user', content }], temperature: 0, max_tokens: 12 })
+  const [france, italy, agent] = await Promise.all([
+    ask('What is the capital of France? Answer in one word.'),
+    ask('What is the capital of Italy? Answer in one word.'),
+    post('/api/agent/chat', { messages: [{ role: 'user', content: 'What is the capital of Japan? Answer in one word.' }], temperature: 0, max_tokens: 12 }).then(readEvents),
+  ])
+  assert.match(france.choices[0].message.content, /Paris/)
+  assert.match(italy.choices[0].message.content, /Rome/)
+  assert.match(agent.at(-1).data.message.content, /Tokyo/)
+})

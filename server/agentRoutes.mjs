@@ -1,0 +1,253 @@
+// The agent's HTTP routes, as an Express Router over a loaded qwen-native model and a tool registry:
+//   POST /api/agent/chat        the agent loop (model -> tools -> model ...) streamed as Server-Sent Events
+//   POST /v1/chat/completions   OpenAI-compatible (JSON, or SSE ending in `data: [DONE]`); tools pass through
+//   GET  /v1/models, /v1/models/:id, /health
+// Errors are OpenAI-shaped bodies ({ error: { message, type, param, code } }) with a 4xx/5xx status, or an
+// `error` event once a stream has started. A client that disconnects aborts its generation.
+import express from 'express'
+
+/** HTTP status for each qwen-native error code; anything else is a 500. */
+const STATUS = {
+  ERR_INVALID_REQUEST: 400,
+  ERR_CONTEXT_LENGTH: 400,
+  ERR_BODY_TOO_LARGE: 413,
+  ERR_OVERLOADED: 429,
+  ERR_CLOSED: 503,
+}
+
+const DEFAULT_SYSTEM_PROMPT =
+  'You are a helpful assistant. Use a tool when the question needs one. ' +
+  "When tool results arrive, answer the user's question in plain sentences using them."
+
+/**
+ * @param {import('qwen-native').Model} model a loaded model (`await loadModel()`)
+ * @param {import('./agentTools.mjs').ToolRegistry} tools the agent's tools
+ * @param {{ maxSteps?: number, bodyLimit?: string | number, systemPrompt?: string }} [options]
+ *   maxSteps: model turns per agent request (default 6; the last one may not call tools);
+ *   bodyLimit: largest accepted JSON body (default '1mb'); systemPrompt: used when the client sends none.
+ */
+export function createAgentRouter(model, tools, { maxSteps = 6, bodyLimit = '1mb', systemPrompt = DEFAULT_SYSTEM_PROMPT } = {}) {
+  if (!Number.isInteger(maxSteps) || maxSteps < 1) throw new TypeError('maxSteps must be a positive integer')
+  const router = express.Router()
+  const created = Math.floor(Date.now() / 1000)
+  let active = 0 // generations running or queued on behalf of this router's clients
+
+  /** Runs `work(signal)` as one client's request: a disconnect aborts it; counted in /health. */
+  async function serve(res, work) {
+    const controller = new AbortController()
+    const onClose = () => res.writableFinished || controller.abort()
+    res.on('close', onClose)
+    active++
+    try {
+      await work(controller.signal)
+    } catch (err) {
+      if (!controller.signal.aborted) sendError(res, err)
+    } finally {
+      active--
+      res.off('close', onClose)
+    }
+  }
+
+  router.use(express.json({ limit: bodyLimit }))
+
+  router.get('/health', (req, res) => {
+    res.json({ status: 'ok', model: model.info, tools: tools.names, requests: { active } })
+  })
+
+  const modelEntry = () => ({ id: model.info.name, object: 'model', created, owned_by: 'qwen-native' })
+  router.get('/v1/models', (req, res) => res.json({ object: 'list', data: [modelEntry()] }))
+  router.get('/v1/models/:id', (req, res) => {
+    if (req.params.id !== model.info.name) return sendError(res, codedError('ERR_NOT_FOUND', `no model "${req.params.id}"; this server has "${model.info.name}"`))
+    res.json(modelEntry())
+  })
+
+  router.post('/v1/chat/completions', (req, res) =>
+    serve(res, async (signal) => {
+      const body = requireObject(req.body)
+      if (!body.stream) return res.json(await model.chat(body, { signal }))
+      const sse = new EventStream(res)
+      for await (const chunk of model.chatStream(body, { signal })) await sse.send(chunk)
+      await sse.done()
+    }),
+  )
+
+  router.post('/api/agent/chat', (req, res) =>
+    serve(res, async (signal) => {
+      const { messages, options } = agentRequest(req.body)
+      const sse = new EventStream(res)
+      const conversation = messages.some((m) => m?.role === 'system' || m?.role === 'developer')
+        ? [...messages]
+        : [{ role: 'system', content: systemPrompt }, ...messages]
+      const added = [] // the messages this request adds to the conversation, for the client to keep
+      const usage = { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 }
+      for (let step = 1; ; step++) {
+        // The last step may not call tools, so the loop always ends with an answer.
+        const toolChoice = step === maxSteps ? 'none' : 'auto'
+        const request = { ...options, messages: conversation, tools: tools.definitions, tool_choice: toolChoice, stream_options: { include_usage: true } }
+        const turn = new AssistantTurn()
+        for await (const chunk of model.chatStream(request, { signal })) {
+          if (chunk.usage) addUsage(usage, chunk.usage)
+          const delta = turn.add(chunk)
+          if (delta) await sse.event('delta', { content: delta })
+        }
+        const message = turn.message()
+        added.push(message)
+        conversation.push(message)
+        if (!message.tool_calls) {
+          await sse.event('final', { message, finish_reason: turn.finishReason, usage, steps: step, messages: added })
+          return sse.end()
+        }
+        for (const call of message.tool_calls) {
+          await sse.event('tool_call', { id: call.id, name: call.function.name, arguments: parseArguments(call.function.arguments) })
+        }
+        // The calls of one turn run in parallel; each result is reported as soon as it is ready.
+        const results = await Promise.all(
+          message.tool_calls.map(async (call) => {
+            const started = performance.now()
+            const outcome = await tools.run(call, { signal })
+            const ms = Math.round(performance.now() - started)
+            await sse.event('tool_result', { id: call.id, name: call.function.name, ok: outcome.ok, ...(outcome.ok ? { result: outcome.result } : { error: outcome.error }), ms })
+            return { role: 'tool', tool_call_id: call.id, content: outcome.content }
+          }),
+        )
+        if (signal.aborted) return
+        added.push(...results)
+        conversation.push(...results)
+      }
+    }),
+  )
+
+  router.use((err, req, res, next) => {
+    // body-parser's errors: malformed JSON (400) and bodies over the limit (413).
+    if (err?.type === 'entity.too.large') return sendError(res, codedError('ERR_BODY_TOO_LARGE', `the request body is over the ${bodyLimit} limit`))
+    if (err?.type === 'entity.parse.failed') return sendError(res, codedError('ERR_INVALID_REQUEST', `the request body is not valid JSON (${err.message})`))
+    if (err?.status >= 400 && err.status < 500) return sendError(res, codedError('ERR_INVALID_REQUEST', err.message), err.status)
+    next(err)
+  })
+  return router
+}
+
+/** The agent route's body: OpenAI-style `messages` plus sampling options; tools come from the registry. */
+function agentRequest(body) {
+  const { messages, tools, tool_choice, stream, stream_options, ...options } = requireObject(body)
+  if (!Array.isArray(messages) || messages.length === 0) throw codedError('ERR_INVALID_REQUEST', '"messages" must be a non-empty array of chat messages', 'messages')
+  for (const [name, value] of Object.entries({ tools, tool_choice })) {
+    if (value !== undefined) throw codedError('ERR_INVALID_REQUEST', `"${name}" is not accepted here: the agent's tools come from its registry (use /v1/chat/completions for your own tools)`, name)
+  }
+  return { messages, options }
+}
+
+function requireObject(body) {
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) {
+    throw codedError('ERR_INVALID_REQUEST', 'the request body must be a JSON object (send content-type: application/json)')
+  }
+  return body
+}
+
+/** Collects one streamed assistant turn: its text, its tool calls (by index) and its finish reason. */
+class AssistantTurn {
+  #content = ''
+  #calls = []
+  finishReason = null
+
+  /** Adds a chunk; returns its text delta, if any. */
+  add(chunk) {
+    const choice = chunk.choices[0]
+    if (!choice) return ''
+    if (choice.finish_reason) this.finishReason = choice.finish_reason
+    for (const d of choice.delta.tool_calls ?? []) {
+      this.#calls[d.index] ??= { id: d.id, type: 'function', function: { name: d.function.name, arguments: '' } }
+      this.#calls[d.index].function.arguments += d.function.arguments ?? ''
+    }
+    const text = choice.delta.content ?? ''
+    this.#content += text
+    return text
+  }
+
+  message() {
+    const calls = this.#calls.filter(Boolean)
+    if (calls.length === 0) return { role: 'assistant', content: this.#content }
+    return { role: 'assistant', content: this.#content === '' ? null : this.#content, tool_calls: calls }
+  }
+}
+
+/** A Server-Sent Events response. Headers go out with the first event, so an error before it is still a plain 4xx. */
+class EventStream {
+  #res
+
+  constructor(res) {
+    this.#res = res
+  }
+
+  /** An unnamed `data:` event, as OpenAI streams use. */
+  send(data) {
+    return this.#write(`data: ${JSON.stringify(data)}\n\n`)
+  }
+
+  /** A named event: `event: <name>` then its JSON data. */
+  event(name, data) {
+    return this.#write(`event: ${name}\ndata: ${JSON.stringify(data)}\n\n`)
+  }
+
+  /** Ends an OpenAI stream: `data: [DONE]`. */
+  async done() {
+    await this.#write('data: [DONE]\n\n')
+    this.end()
+  }
+
+  end() {
+    if (!this.#res.destroyed) this.#res.end()
+  }
+
+  async #write(text) {
+    const res = this.#res
+    if (res.destroyed) return
+    if (!res.headersSent) {
+      res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache, no-transform', 'x-accel-buffering': 'no' })
+    }
+    // Respect backpressure: a slow client slows the stream instead of filling memory.
+    if (!res.write(text)) {
+      await new Promise((resolve) => {
+        const resume = () => {
+          res.off('drain', resume).off('close', resume)
+          resolve()
+        }
+        res.on('drain', resume).on('close', resume)
+      })
+    }
+  }
+}
+
+function addUsage(total, usage) {
+  total.prompt_tokens += usage.prompt_tokens
+  total.completion_tokens += usage.completion_tokens
+  total.total_tokens += usage.total_tokens
+}
+
+/** Tool-call arguments as an object for display; text that is not JSON stays text. */
+function parseArguments(text) {
+  try {
+    return JSON.parse(text)
+  } catch {
+    return text
+  }
+}
+
+function codedError(code, message, param = null) {
+  return Object.assign(new Error(message), { code, param })
+}
+
+/** Sends `err` as an OpenAI-style error: a JSON body with a status, or an `error` event mid-stream. */
+function sendError(res, err, status = STATUS[err.code] ?? (err.code === 'ERR_NOT_FOUND' ? 404 : 500)) {
+  const error = {
+    message: err.message,
+    type: status < 500 ? 'invalid_request_error' : 'server_error',
+    param: err.param ?? null,
+    code: err.code ?? 'ERR_INTERNAL',
+  }
+  if (status >= 500) console.error('[qwen-native server]', err)
+  if (res.destroyed) return
+  if (!res.headersSent) return res.status(status).json({ error })
+  // Mid-stream: the status is already 200, so the error travels as an event and the stream ends.
+  res.end(`event: error\ndata: ${JSON.stringify({ error })}\n\n`)
+}
