@@ -63,6 +63,20 @@ test('the agent loop calls a tool and answers with its result, as ordered SSE ev
   assert.equal(final.usage.total_tokens, final.usage.prompt_tokens + final.usage.completion_tokens)
 })
 
+test("the served agent's file tools refuse a path out of the sandbox", async () => {
+  const res = await post('/api/agent/chat', { messages: [{ role: 'user', content: 'Read the file ../package.json' }], temperature: 0, max_tokens: 60 })
+  const events = await readEvents(res)
+  const call = events.find((e) => e.event === 'tool_call')?.data
+  const result = events.find((e) => e.event === 'tool_result')?.data
+  assert.deepEqual([call?.name, call?.arguments], ['read_file', { path: '../package.json' }], JSON.stringify(events.map((e) => e.event)))
+  assert.equal(result.ok, false)
+  assert.match(result.error, /outside the sandbox/)
+  // Nothing of the file outside reached the model or the client.
+  const everything = JSON.stringify(events)
+  assert.doesNotMatch(everything, /playwright-core|"devDependencies"/)
+  assert.equal(events.at(-1).event, 'final')
+})
+
 test('the openai client: non-streaming chat with tools gets tool_calls', async () => {
   const completion = await openai.chat.completions.create({ model: 'local', messages: LISBON, tools: [WEATHER_TOOL], temperature: 0, max_tokens: 80 })
   const [choice] = completion.choices

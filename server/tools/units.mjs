@@ -44,11 +44,12 @@ function convert(value, from, to) {
 }
 
 export function unitTools() {
-  const byDimension = [...Object.entries(LINEAR).map(([d, units]) => `${d}: ${Object.keys(units).join(', ')}`), `temperature: ${Object.keys(TEMPERATURE).join(', ')}`]
   return [
     {
       name: 'convert_units',
-      description: `Convert a quantity between units of the same kind. Units by kind: ${byDimension.join('; ')}`,
+      // The units are listed once, by the enums: the prompt carries every tool's schema, and each
+      // token of it is prefill time on every cold request.
+      description: `Convert a quantity between units of the same kind (${[...Object.keys(LINEAR), 'temperature'].join(', ')})`,
       parameters: {
         type: 'object',
         properties: {
