@@ -438,14 +438,16 @@ impl Worker {
             &job.request,
             self.model.max_positions(),
         )?;
-        let answered = crate::tools::answered_calls(&job.request.messages);
-        // Only needed if the model repeats an answered call: then its answer is redone as text
-        // on the prompt without the tools, which a small model otherwise keeps reaching for.
-        let text_prompt = match &job.request.tools {
-            Some(_) if job.request.tool_settings.guards_repeats() && !answered.is_empty() => Some(
-                render_prompt(&shared.tokenizer, &shared.template, &job.request, None)?,
-            ),
-            _ => None,
+        // Calls already answered matter only where a repeat of one is turned into a text answer;
+        // that answer is redone on the prompt without the tools, which a small model otherwise
+        // keeps reaching for. (A guarded request may call, so its prompt holds the tools.)
+        let (answered, text_prompt) = match crate::tools::answered_calls(&job.request.messages) {
+            calls if job.request.tool_settings.guards_repeats() && !calls.is_empty() => {
+                let text_prompt =
+                    render_prompt(&shared.tokenizer, &shared.template, &job.request, None)?;
+                (calls, Some(text_prompt))
+            }
+            _ => (vec![], None),
         };
         let params = GenerationParams {
             max_tokens,

@@ -29,7 +29,8 @@ pub struct GenerationParams {
     pub stop: Vec<String>,
     pub eos: Vec<u32>,
     pub tools: ToolSettings,
-    /// Calls already made and answered in this turn (see [`crate::tools::answered_calls`]).
+    /// Calls already made and answered in this turn (see [`crate::tools::answered_calls`]);
+    /// empty where the request does not guard against repeats ([`ToolSettings::guards_repeats`]).
     pub answered: Vec<(String, Value)>,
     /// The prompt without the tools, for an answer redone as text after a repeated call.
     pub text_prompt: Option<Vec<u32>>,
@@ -118,12 +119,7 @@ pub fn generate(
 
     let mut sampler = Sampler::new(params.sampling.clone());
     // Calls right after tool results are held until complete; a repeat starts the answer over.
-    let answered = if settings.guards_repeats() {
-        params.answered.clone()
-    } else {
-        vec![]
-    };
-    let mut out = Output::new(params, settings, constraint.is_some(), answered, emit);
+    let mut out = Output::new(params, constraint.is_some(), emit);
     let mut opening: Vec<u32> = Vec::new();
     // The constraint is a call's (which may end mid-answer), not a JSON answer's.
     let mut in_call = false;
@@ -292,11 +288,11 @@ struct Output<'a> {
 impl<'a> Output<'a> {
     fn new(
         params: &GenerationParams,
-        settings: &ToolSettings,
         checked: bool,
-        answered: Vec<(String, Value)>,
         emit: &'a mut dyn FnMut(Event) -> bool,
     ) -> Self {
+        let settings = &params.tools;
+        let answered = params.answered.clone();
         let known = settings.callable().iter().map(|t| t.name.clone()).collect();
         Self {
             decoder: StreamDecoder::default(),
