@@ -1,4 +1,5 @@
 // Shared by the test files: the real default model, loaded once per test file (process).
+import { spawn } from 'node:child_process'
 import { loadModel } from '../index.js'
 
 let shared
@@ -68,7 +69,6 @@ export const LISBON = [{ role: 'user', content: "What's the weather in Lisbon in
  * as `npm start` would. Resolves once it listens; `stop()` ends it.
  */
 export async function startServer(env = {}) {
-  const { spawn } = await import('node:child_process')
   const child = spawn(process.execPath, ['server/index.mjs'], {
     cwd: new URL('..', import.meta.url),
     env: { ...process.env, PORT: '0', ...env },

@@ -4,7 +4,7 @@
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import OpenAI from 'openai'
-import { startServer, readEvents, WEATHER_TOOL, LISBON } from './helpers.mjs'
+import { startServer, readEvents, collect, streamedText, streamedToolCalls, WEATHER_TOOL, LISBON } from './helpers.mjs'
 
 let server
 let openai
@@ -87,20 +87,12 @@ test('the openai client: non-streaming chat with tools gets tool_calls', async (
 })
 
 test('the openai client: streaming with tools reassembles the same call; plain streaming gives text', async () => {
-  const stream = await openai.chat.completions.create({ model: 'local', messages: LISBON, tools: [WEATHER_TOOL], temperature: 0, max_tokens: 80, stream: true })
-  const calls = []
-  let finish
-  for await (const chunk of stream) {
-    for (const d of chunk.choices[0]?.delta?.tool_calls ?? []) {
-      calls[d.index] ??= { name: d.function.name, arguments: '' }
-      calls[d.index].arguments += d.function.arguments ?? ''
-    }
-    finish = chunk.choices[0]?.finish_reason ?? finish
-  }
-  assert.equal(finish, 'tool_calls')
+  const chunks = await collect(await openai.chat.completions.create({ model: 'local', messages: LISBON, tools: [WEATHER_TOOL], temperature: 0, max_tokens: 80, stream: true }))
+  const calls = streamedToolCalls(chunks)
+  assert.equal(chunks.findLast((c) => c.choices[0]?.finish_reason)?.choices[0].finish_reason, 'tool_calls')
   assert.equal(calls.length, 1)
-  assert.equal(calls[0].name, 'get_weather')
-  assert.deepEqual(JSON.parse(calls[0].arguments), { location: 'Lisbon', unit: 'celsius' })
+  assert.equal(calls[0].function.name, 'get_weather')
+  assert.deepEqual(JSON.parse(calls[0].function.arguments), { location: 'Lisbon', unit: 'celsius' })
 
   const text = await openai.chat.completions.create({
     model: 'local',
@@ -110,14 +102,9 @@ test('the openai client: streaming with tools reassembles the same call; plain s
     stream: true,
     stream_options: { include_usage: true },
   })
-  let content = ''
-  let usage
-  for await (const chunk of text) {
-    content += chunk.choices[0]?.delta?.content ?? ''
-    usage = chunk.usage ?? usage
-  }
-  assert.match(content, /Paris/)
-  assert.ok(usage.completion_tokens > 0)
+  const textChunks = await collect(text)
+  assert.match(streamedText(textChunks), /Paris/)
+  assert.ok(textChunks.at(-1).usage.completion_tokens > 0)
 })
 
 test('the raw SSE of /v1/chat/completions ends with data: [DONE]', async () => {

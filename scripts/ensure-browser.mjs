@@ -4,6 +4,7 @@
 // Set QWEN_NATIVE_SKIP_BROWSER=1 to skip the browser test instead (it then reports itself skipped).
 import { spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
 
 export const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
 
@@ -12,7 +13,7 @@ function run(cmd, args) {
   return spawnSync(cmd, args, { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } }).status === 0
 }
 
-if (process.argv[1] === new URL(import.meta.url).pathname && process.env.QWEN_NATIVE_SKIP_BROWSER !== '1' && !existsSync(CHROMIUM)) {
+if (process.argv[1] === fileURLToPath(import.meta.url) && process.env.QWEN_NATIVE_SKIP_BROWSER !== '1' && !existsSync(CHROMIUM)) {
   const canApt = process.platform === 'linux' && process.getuid?.() === 0 && existsSync('/usr/bin/apt-get')
   const install = ['install', '-y', '--no-install-recommends', 'chromium']
   if (!canApt || !(run('apt-get', install) || (run('apt-get', ['update']) && run('apt-get', install)))) {

@@ -10,6 +10,7 @@ import express from 'express'
 const STATUS = {
   ERR_INVALID_REQUEST: 400,
   ERR_CONTEXT_LENGTH: 400,
+  ERR_NOT_FOUND: 404,
   ERR_BODY_TOO_LARGE: 413,
   ERR_OVERLOADED: 429,
   ERR_CLOSED: 503,
@@ -238,7 +239,7 @@ function codedError(code, message, param = null) {
 }
 
 /** Sends `err` as an OpenAI-style error: a JSON body with a status, or an `error` event mid-stream. */
-function sendError(res, err, status = STATUS[err.code] ?? (err.code === 'ERR_NOT_FOUND' ? 404 : 500)) {
+function sendError(res, err, status = STATUS[err.code] ?? 500) {
   const error = {
     message: err.message,
     type: status < 500 ? 'invalid_request_error' : 'server_error',

@@ -36,7 +36,7 @@ function tokenize(text) {
 }
 
 /** Evaluates an arithmetic expression; throws an Error saying what is wrong with it. */
-export function evaluate(expression) {
+function evaluate(expression) {
   if (expression.length > MAX_LENGTH) throw new Error(`the expression is longer than ${MAX_LENGTH} characters`)
   const tokens = tokenize(expression)
   let pos = 0
