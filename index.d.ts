@@ -27,7 +27,12 @@ export interface LoadProgress {
 export interface LoadModelOptions {
   /** GGUF file or Hugging Face directory. Default: `MODEL_PATH` env, else the package's default model. */
   modelPath?: string
-  /** Default 'auto': CUDA when the addon was built with it and a GPU is present, else CPU. */
+  /**
+   * Default 'auto': CUDA device 0 when the addon has CUDA (`npm run build:cuda`, or the
+   * `-cuda` prebuilt package) and the driver, CUDA libraries and a GPU are present, else the CPU
+   * (`info.cpuFallbackReason` says why). 'cuda' / 'cuda:N' that cannot be used rejects with
+   * ERR_MODEL_LOAD naming what is missing.
+   */
   device?: 'auto' | 'cpu' | 'cuda' | `cuda:${number}`
   /** Activation dtype. Default 'auto': f32 on CPU, the checkpoint's dtype on GPU. */
   dtype?: 'auto' | 'bf16' | 'f16' | 'f32'
@@ -191,10 +196,23 @@ export interface ModelInfo {
   vocabSize: number
   layers: number
   hiddenSize: number
+  /** 'cpu' or 'cuda:N'. */
   device: string
+  /** The GPU the model is on, with device-wide memory use read when `info` is read; null on the CPU. */
+  gpu: GpuInfo | null
+  /** Why `device: 'auto'` chose the CPU (no CUDA in this addon, no driver, no GPU...); null otherwise. */
+  cpuFallbackReason: string | null
   dtype: string
   quantization: string
   threads: number
+}
+
+export interface GpuInfo {
+  name: string
+  /** e.g. '9.0' */
+  computeCapability: string
+  totalMemoryBytes: number
+  usedMemoryBytes: number
 }
 
 export declare class Model {

@@ -7,22 +7,27 @@ const path = require('node:path')
 const { prebuiltPackage } = require('./scripts/platform.js')
 
 /**
- * The native addon: built from source in this folder (`npm install` in a checkout, or a git
- * dependency), else the prebuilt package for this platform (qwen-native-<os>-<cpu>[-<libc>]).
+ * The native addon: built from source in this folder (`npm install` or `npm run build:cuda` in a
+ * checkout, or a git dependency), else a prebuilt package for this platform: the CUDA one
+ * (qwen-native-<os>-<cpu>[-<libc>]-cuda) when installed, which also runs on the CPU, else the
+ * CPU one (qwen-native-<os>-<cpu>[-<libc>]).
  */
 function loadAddon() {
   const local = path.join(__dirname, 'qwen-native.node')
   if (fs.existsSync(local)) return require(local)
-  const prebuilt = prebuiltPackage()
-  try {
-    return require(prebuilt.name)
-  } catch (err) {
-    if (err.code !== 'MODULE_NOT_FOUND' || !err.message.includes(prebuilt.name)) throw err
+  const cpu = prebuiltPackage()
+  const candidates = [prebuiltPackage({ cuda: true }).name, cpu.name]
+  for (const name of candidates) {
+    try {
+      return require(name)
+    } catch (err) {
+      if (err.code !== 'MODULE_NOT_FOUND' || !err.message.includes(name)) throw err
+    }
   }
   const err = new Error(
-    `qwen-native: no native addon for ${prebuilt.name.slice('qwen-native-'.length)}. Install the prebuilt package ` +
-      `${prebuilt.name} beside qwen-native, or build it from source (needs Rust from https://rustup.rs): ` +
-      `node ${path.join(__dirname, 'scripts', 'build.mjs')}`,
+    `qwen-native: no native addon for ${cpu.name.slice('qwen-native-'.length)}. Install the prebuilt package ` +
+      `${cpu.name} (or ${candidates[0]} for NVIDIA GPUs) beside qwen-native, or build it from source ` +
+      `(needs Rust from https://rustup.rs): node ${path.join(__dirname, 'scripts', 'build.mjs')}`,
   )
   err.code = 'ERR_ADDON_NOT_FOUND'
   throw err

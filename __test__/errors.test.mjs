@@ -71,6 +71,32 @@ test('model loading failures carry codes', async () => {
   await rejectsWithCode(assert, loadModel({ contextLenght: 10 }), 'ERR_INVALID_REQUEST')
 })
 
+test('device: auto runs on the CPU and says why when no GPU can be used; cuda there is ERR_MODEL_LOAD naming the cause', async () => {
+  const m = await model() // loaded with the default device: 'auto'
+  let cuda
+  try {
+    cuda = await loadModel({ device: 'cuda' })
+  } catch (err) {
+    // A CPU-only addon says it has no CUDA; a CUDA addon names the missing library, driver or GPU.
+    assert.equal(err.code, 'ERR_MODEL_LOAD')
+    assert.match(err.message, /device "cuda:0" is not available: .*(no CUDA support|CUDA libraries not found|CUDA_ERROR|sm_)/)
+    assert.equal(m.info.device, 'cpu')
+    assert.equal(m.info.gpu, null)
+    assert.equal(typeof m.info.cpuFallbackReason, 'string')
+    assert.ok(err.message.endsWith(m.info.cpuFallbackReason), 'auto and cuda give the same reason')
+    return
+  }
+  // A machine with a usable GPU: both land on it, and info reports its memory.
+  try {
+    assert.equal(cuda.info.device, 'cuda:0')
+    assert.ok(cuda.info.gpu.totalMemoryBytes > cuda.info.gpu.usedMemoryBytes)
+    assert.equal(m.info.device, 'cuda:0')
+    assert.equal(m.info.cpuFallbackReason, null)
+  } finally {
+    await cuda.close()
+  }
+})
+
 test('onProgress reports loading up to the total, and a closed model rejects with ERR_CLOSED', async () => {
   const reports = []
   const m = await loadModel({ onProgress: (p) => reports.push(p) })

@@ -10,13 +10,12 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { pack } from '../scripts/pack.mjs'
 import { DEFAULT_MODEL_PATH } from '../index.js'
-import platform from '../scripts/platform.js'
 
-const prebuilt = platform.prebuiltPackage()
 const dir = mkdtempSync(path.join(tmpdir(), 'qwen-native-install-'))
 after(() => rmSync(dir, { recursive: true, force: true }))
 
-const APP = `
+/** The app; `addonPackage` is the prebuilt package it should load the addon from. */
+const app = (addonPackage) => `
 import express from 'express'
 import { createRequire } from 'node:module'
 import { loadModel } from 'qwen-native'
@@ -37,22 +36,23 @@ const res = await fetch(base + '/v1/chat/completions', {
 })
 const completion = await res.json()
 const require = createRequire(import.meta.url)
-console.log(JSON.stringify({ addon: require.resolve(${JSON.stringify(prebuilt.name)}), model: health.model.name, answer: completion.choices[0].message.content }))
+console.log(JSON.stringify({ addon: require.resolve(${JSON.stringify(addonPackage)}), model: health.model.name, answer: completion.choices[0].message.content }))
 server.close()
 await model.close()
 `
 
 test('a fresh Express app installs the packed packages with no install scripts and serves the agent routes', { timeout: 300_000 }, () => {
-  const tarballs = pack(path.join(dir, 'dist'))
-  const app = path.join(dir, 'app')
-  mkdirSync(app)
-  writeFileSync(path.join(app, 'package.json'), JSON.stringify({ name: 'fresh-app', private: true, type: 'module' }))
+  const tarballs = pack(path.join(dir, 'dist'), { allowNative: true }) // installed on this machine only
+  const prebuilt = tarballs.prebuiltPackage
+  const appDir = path.join(dir, 'app')
+  mkdirSync(appDir)
+  writeFileSync(path.join(appDir, 'package.json'), JSON.stringify({ name: 'fresh-app', private: true, type: 'module' }))
   // --strict-allow-scripts: any dependency install script not approved would fail the install.
-  execFileSync('npm', ['install', '--strict-allow-scripts', '--prefer-offline', '--no-audit', '--no-fund', tarballs.main, tarballs.prebuilt, 'express@5.3.0'], { cwd: app, stdio: 'pipe' })
-  writeFileSync(path.join(app, 'app.mjs'), APP)
-  const out = execFileSync(process.execPath, ['app.mjs'], { cwd: app, env: { ...process.env, MODEL_PATH: DEFAULT_MODEL_PATH }, encoding: 'utf8' })
+  execFileSync('npm', ['install', '--strict-allow-scripts', '--prefer-offline', '--no-audit', '--no-fund', tarballs.main, tarballs.prebuilt, 'express@5.3.0'], { cwd: appDir, stdio: 'pipe' })
+  writeFileSync(path.join(appDir, 'app.mjs'), app(prebuilt.name))
+  const out = execFileSync(process.execPath, ['app.mjs'], { cwd: appDir, env: { ...process.env, MODEL_PATH: DEFAULT_MODEL_PATH }, encoding: 'utf8' })
   const result = JSON.parse(out.trim().split('\n').at(-1))
-  assert.equal(result.addon, path.join(app, 'node_modules', prebuilt.name, prebuilt.file))
+  assert.equal(result.addon, path.join(appDir, 'node_modules', prebuilt.name, prebuilt.file))
   assert.match(result.model, /Qwen2\.5/)
   assert.match(result.answer, /Paris/)
 })

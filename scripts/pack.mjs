@@ -3,17 +3,19 @@
 // this platform (qwen-native-<os>-<cpu>[-<libc>], holding only the .node file) and the main package,
 // without the addon, naming the platform package as an optional dependency. Neither has an install
 // script, so npm 11 installs them with no script approval and no Rust toolchain.
-//   npm install && node scripts/pack.mjs [outDir]      (default outDir: dist/)
+//   QWEN_NATIVE_TARGET_CPU=x86-64-v3 npm install && node scripts/pack.mjs [outDir]   (default: dist/)
+//   npm run build:cuda && node scripts/pack.mjs [outDir]   the CUDA prebuilt, qwen-native-<...>-cuda
 // Prints the two tarball paths. A release job runs this on each platform and publishes the results.
+// A build tuned to this machine's CPU (target-cpu=native, the default of `npm install`) is refused:
+// it could crash on other CPUs. `--allow-native` packs one anyway, for installing on this machine.
 import { spawnSync } from 'node:child_process'
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { ADDON, BUILD_INFO, root } from './build.mjs'
 import platform from './platform.js'
 
-const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..')
-const ADDON = 'qwen-native.node'
 
 function npmPack(dir, outDir) {
   const r = spawnSync('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', outDir], { cwd: dir, encoding: 'utf8' })
@@ -21,13 +23,28 @@ function npmPack(dir, outDir) {
   return path.join(outDir, JSON.parse(r.stdout)[0].filename)
 }
 
-/** Packs both packages into `outDir`; returns `{ main, prebuilt }` tarball paths. */
-export function pack(outDir = path.join(root, 'dist')) {
+/** How qwen-native.node was built (scripts/build.mjs and build-cuda.mjs write it). */
+function buildInfo() {
+  const file = path.join(root, BUILD_INFO)
+  return existsSync(file) ? JSON.parse(readFileSync(file, 'utf8')) : { features: [], targetCpu: 'native' }
+}
+
+/**
+ * Packs both packages into `outDir`; returns `{ main, prebuilt }` tarball paths and `prebuiltPackage`
+ * (platform.js's description of it). The prebuilt is the
+ * CUDA package when the addon is a CUDA build. `allowNative` packs a CPU-specific build.
+ */
+export function pack(outDir = path.join(root, 'dist'), { allowNative = false } = {}) {
   const addon = path.join(root, ADDON)
   if (!existsSync(addon)) throw new Error(`${addon} is missing: run \`npm install\` (it builds the addon) first`)
+  const build = buildInfo()
+  if (build.targetCpu === 'native' && !allowNative) {
+    throw new Error('qwen-native.node was built for this CPU only (target-cpu=native); rebuild it portable with QWEN_NATIVE_TARGET_CPU=x86-64-v3 node scripts/build.mjs, or pass --allow-native')
+  }
   mkdirSync(outDir, { recursive: true })
   const pkg = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8'))
-  const target = platform.prebuiltPackage()
+  const cuda = build.features.includes('cuda')
+  const target = platform.prebuiltPackage({ cuda })
   const stage = mkdtempSync(path.join(tmpdir(), 'qwen-native-pack-'))
   try {
     const prebuiltDir = path.join(stage, target.name)
@@ -36,7 +53,7 @@ export function pack(outDir = path.join(root, 'dist')) {
     const prebuiltPkg = {
       name: target.name,
       version: pkg.version,
-      description: `The ${target.name.slice('qwen-native-'.length)} native addon of qwen-native`,
+      description: `The ${target.name.slice('qwen-native-'.length)} native addon of qwen-native${cuda ? ` (CUDA ${build.cudaVersion}, sm_${build.cudaComputeCap} and newer; runs on the CPU where CUDA is unusable)` : ''}`,
       license: pkg.license,
       main: target.file,
       files: [target.file],
@@ -54,16 +71,25 @@ export function pack(outDir = path.join(root, 'dist')) {
       if (existsSync(from)) cpSync(from, path.join(mainDir, entry), { recursive: true })
     }
     const { prepare, ...scripts } = pkg.scripts // the source build is for checkouts, not installs
-    const mainPkg = { ...pkg, scripts, optionalDependencies: { ...pkg.optionalDependencies, [target.name]: pkg.version } }
+    // The CPU package is the default for the platform; the CUDA one is installed by name.
+    const cpuPackage = platform.prebuiltPackage().name
+    const mainPkg = { ...pkg, scripts, optionalDependencies: { ...pkg.optionalDependencies, [cpuPackage]: pkg.version } }
     delete mainPkg.devDependencies
     writeFileSync(path.join(mainDir, 'package.json'), `${JSON.stringify(mainPkg, null, 2)}\n`)
-    return { main: npmPack(mainDir, outDir), prebuilt: npmPack(prebuiltDir, outDir) }
+    return { main: npmPack(mainDir, outDir), prebuilt: npmPack(prebuiltDir, outDir), prebuiltPackage: target }
   } finally {
     rmSync(stage, { recursive: true, force: true })
   }
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  const { main, prebuilt } = pack(process.argv[2] && path.resolve(process.argv[2]))
-  console.log(`${main}\n${prebuilt}`)
+  const args = process.argv.slice(2)
+  const outDir = args.find((a) => !a.startsWith('--'))
+  try {
+    const { main, prebuilt } = pack(outDir && path.resolve(outDir), { allowNative: args.includes('--allow-native') })
+    console.log(`${main}\n${prebuilt}`)
+  } catch (err) {
+    console.error(`[qwen-native] ${err.message}`)
+    process.exit(1)
+  }
 }

@@ -8,11 +8,14 @@ function libc() {
   return report?.header?.glibcVersionRuntime ? 'glibc' : 'musl'
 }
 
-/** `{ name, os, cpu, libc, file }` of the prebuilt package for this platform. */
-function prebuiltPackage() {
+/**
+ * `{ name, os, cpu, libc, file }` of the prebuilt package for this platform; with `cuda`, of the
+ * package whose addon has CUDA kernels (and runs on the CPU where CUDA is unusable).
+ */
+function prebuiltPackage({ cuda = false } = {}) {
   const c = libc()
   const suffix = c === 'glibc' ? '-gnu' : c === 'musl' ? '-musl' : ''
-  const triple = `${process.platform}-${process.arch}${suffix}`
+  const triple = `${process.platform}-${process.arch}${suffix}${cuda ? '-cuda' : ''}`
   return { name: `qwen-native-${triple}`, os: process.platform, cpu: process.arch, libc: c, file: `qwen-native.${triple}.node` }
 }
 

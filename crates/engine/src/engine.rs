@@ -1,6 +1,7 @@
 //! The engine: one worker thread owns the model and runs queued requests; each request gets its
 //! own event channel and cancel flag, and a dropped receiver cancels it.
 
+use crate::device::{self, DeviceRequest};
 use crate::error::{EngineError, Result};
 use crate::generate::{generate, needs_grammar, Event, GenerationParams};
 use crate::grammar::GrammarCompiler;
@@ -47,24 +48,6 @@ impl EngineOptions {
     }
 }
 
-fn parse_device(s: &str) -> Result<Device> {
-    let cuda = |ordinal: usize| {
-        Device::new_cuda(ordinal)
-            .map_err(|e| EngineError::load(format!("device \"{s}\" is not available: {e}")))
-    };
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
-        "cuda" => cuda(0),
-        _ => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(n) => cuda(n),
-            None => Err(EngineError::invalid(format!(
-                "device must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", got \"{s}\""
-            ))),
-        },
-    }
-}
-
 fn parse_dtype(s: &str) -> Result<Option<DType>> {
     match s {
         "auto" => Ok(None),
@@ -98,6 +81,7 @@ struct Shared {
     tokenizer: Arc<Tokenizer>,
     template: Arc<ChatTemplate>,
     info: ModelInfo,
+    device: Device,
     defaults: SamplingParams,
     closed: AtomicBool,
     queued: AtomicUsize,
@@ -216,12 +200,13 @@ impl Engine {
     /// Loads the model (blocking; call it off the JS thread) and starts the worker.
     pub fn load(options: &EngineOptions, progress: Option<&mut ProgressFn<'_>>) -> Result<Self> {
         apply_threads(options.threads);
-        let device = parse_device(&options.device)?;
+        let selected = device::select(DeviceRequest::parse(&options.device)?)?;
         let dtype = parse_dtype(&options.dtype)?;
         let loaded = loader::load(
             &options.model_path,
             &LoadOptions {
-                device,
+                device: selected.device,
+                cpu_fallback_reason: selected.cpu_fallback_reason,
                 dtype,
                 context_length: options.context_length,
             },
@@ -243,6 +228,7 @@ impl Engine {
             tokenizer: Arc::new(tokenizer),
             template: Arc::new(template),
             info,
+            device: model.device().clone(),
             defaults,
             closed: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
@@ -273,8 +259,13 @@ impl Engine {
         }
     }
 
-    pub fn info(&self) -> &ModelInfo {
-        &self.shared.info
+    /// What the model is and where it runs; GPU memory is read at each call.
+    pub fn info(&self) -> ModelInfo {
+        let mut info = self.shared.info.clone();
+        if info.gpu.is_some() {
+            info.gpu = device::gpu_info(&self.shared.device);
+        }
+        info
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {

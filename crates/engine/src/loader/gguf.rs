@@ -1,8 +1,8 @@
 //! GGUF files: memory-mapped, tensors materialised one at a time with progress reports.
 
 use super::{
-    end_of_turn_ids, finish, qwen_defaults, LoadOptions, LoadedModel, Placement, ProgressFn,
-    WeightName, WeightSource,
+    end_of_turn_ids, finish, qwen_defaults, release_mapped, LoadOptions, LoadedModel, Placement,
+    ProgressFn, WeightName, WeightSource,
 };
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
@@ -103,11 +103,14 @@ impl<'p> GgufSource<'p> {
 
     fn read(&mut self, name: WeightName, device: &Device) -> Result<QTensor> {
         let key = name.gguf();
-        let bytes = tensor_bytes(self.info(name)?);
+        let info = self.info(name)?;
+        let start = (self.content.tensor_data_offset + info.offset) as usize;
+        let bytes = tensor_bytes(info);
         let t = self
             .content
             .tensor(&mut Cursor::new(&self.map[..]), &key, device)
             .map_err(|e| EngineError::load(format!("cannot read tensor {key}: {e}")))?;
+        release_mapped(&self.map[start..start + bytes as usize]);
         self.placement.advance(bytes);
         Ok(t)
     }
@@ -188,6 +191,15 @@ pub(super) fn load(
     progress: Option<&mut ProgressFn<'_>>,
 ) -> Result<LoadedModel> {
     let mut src = GgufSource::open(path, Placement::for_load(opts, progress))?;
+    let quantized = src.content().tensor_infos.values().any(|i| {
+        !matches!(
+            i.ggml_dtype,
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+        )
+    });
+    if quantized && !opts.device.is_cpu() {
+        crate::device::check_quantized_kernels(&opts.device)?;
+    }
     let md = &src.content().metadata;
     let cfg = ModelConfig::from_gguf(src.content())?;
     let tokenizer = Tokenizer::from_gguf(src.content())?;

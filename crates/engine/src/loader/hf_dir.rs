@@ -2,8 +2,8 @@
 //! `model.safetensors.index.json`, memory-mapped, converted to the compute dtype per tensor.
 
 use super::{
-    end_of_turn_ids, finish, qwen_defaults, LoadOptions, LoadedModel, Placement, ProgressFn,
-    WeightName, WeightSource,
+    end_of_turn_ids, finish, qwen_defaults, release_mapped, LoadOptions, LoadedModel, Placement,
+    ProgressFn, WeightName, WeightSource,
 };
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
@@ -101,13 +101,14 @@ impl<'p> HfDirSource<'p> {
             .tensors
             .get(&key)
             .map_err(|_| EngineError::load(format!("safetensors lack tensor {key}")))?;
-        let bytes = view.data().len() as u64;
+        let data = view.data();
         let t = self
             .tensors
             .load(&key, &self.placement.device)
             .and_then(|t| t.to_dtype(self.placement.dtype()))
             .map_err(|e| EngineError::load(format!("cannot load tensor {key}: {e}")))?;
-        self.placement.advance(bytes);
+        release_mapped(data);
+        self.placement.advance(data.len() as u64);
         Ok(t)
     }
 }

@@ -1,5 +1,6 @@
 //! Network definitions. The KV cache is passed in by the caller, never held by the model.
 
+mod attention;
 mod qwen2;
 
 pub use qwen2::Qwen2;

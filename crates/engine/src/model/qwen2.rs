@@ -1,6 +1,7 @@
 //! The Qwen2 decoder (Qwen2 / Qwen2.5): token embedding, N pre-norm blocks of grouped-query
 //! attention with RoPE and a SwiGLU MLP, final RMSNorm and the LM head.
 
+use super::attention::{causal_mask, Attention, Rotary};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
@@ -8,13 +9,17 @@ use crate::loader::{LayerWeight, WeightName, WeightSource};
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor};
 
-struct Linear {
+pub(super) struct Linear {
     weight: QMatMul,
     bias: Option<Tensor>,
 }
 
 impl Linear {
-    fn load(src: &mut dyn WeightSource, w: WeightName, b: Option<WeightName>) -> Result<Self> {
+    pub(super) fn load(
+        src: &mut dyn WeightSource,
+        w: WeightName,
+        b: Option<WeightName>,
+    ) -> Result<Self> {
         let bias = match b {
             Some(b) if src.contains(b) => Some(src.vector(b)?),
             _ => None,
@@ -25,7 +30,7 @@ impl Linear {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = self.weight.forward(x)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
@@ -42,93 +47,6 @@ struct RmsNorm {
 impl RmsNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         candle_nn::ops::rms_norm(x, &self.weight, self.eps)
-    }
-}
-
-/// cos/sin tables for rotary position embeddings (the "neox" half-split layout Qwen2 uses).
-struct Rotary {
-    cos: Tensor,
-    sin: Tensor,
-}
-
-impl Rotary {
-    fn new(cfg: &ModelConfig, max_positions: usize, dtype: DType, dev: &Device) -> Result<Self> {
-        let half = cfg.head_dim / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f32 / cfg.head_dim as f32))
-            .collect();
-        let inv_freq = Tensor::from_vec(inv_freq, (1, half), dev)?;
-        let positions = Tensor::arange(0u32, max_positions as u32, dev)?
-            .to_dtype(DType::F32)?
-            .reshape((max_positions, 1))?;
-        let freqs = positions.broadcast_mul(&inv_freq)?;
-        Ok(Self {
-            cos: freqs.cos()?.to_dtype(dtype)?,
-            sin: freqs.sin()?.to_dtype(dtype)?,
-        })
-    }
-
-    fn apply(&self, x: &Tensor, start: usize) -> candle_core::Result<Tensor> {
-        let n = x.dim(2)?;
-        let cos = self.cos.narrow(0, start, n)?;
-        let sin = self.sin.narrow(0, start, n)?;
-        candle_nn::rotary_emb::rope(x, &cos, &sin)
-    }
-}
-
-struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    num_heads: usize,
-    num_kv_heads: usize,
-    head_dim: usize,
-}
-
-impl Attention {
-    fn forward(
-        &self,
-        x: &Tensor,
-        rotary: &Rotary,
-        cache: &mut KvCache,
-        layer: usize,
-        mask: Option<&Tensor>,
-    ) -> candle_core::Result<Tensor> {
-        let (b, n, hidden) = x.dims3()?;
-        let start = cache.len();
-        let heads = |t: Tensor, h: usize| {
-            t.reshape((b, n, h, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = heads(self.q.forward(x)?, self.num_heads)?;
-        let k = heads(self.k.forward(x)?, self.num_kv_heads)?;
-        let v = heads(self.v.forward(x)?, self.num_kv_heads)?;
-        let q = rotary.apply(&q, start)?;
-        let k = rotary.apply(&k, start)?;
-        let (k, v) = cache.append(layer, &k, &v)?;
-        let total = k.dim(2)?;
-
-        // Grouped-query attention without copying K/V per head: the query heads that share a KV
-        // head are adjacent, so (b, heads, n, d) reshapes to (b, kv_heads, group * n, d).
-        let group = self.num_heads / self.num_kv_heads;
-        let q = q.reshape((b, self.num_kv_heads, group * n, self.head_dim))?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let mut scores = (q.matmul(&k.t()?)? * scale)?;
-        if let Some(mask) = mask {
-            scores = scores
-                .reshape((b, self.num_kv_heads, group, n, total))?
-                .broadcast_add(mask)?
-                .reshape((b, self.num_kv_heads, group * n, total))?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let y = probs
-            .matmul(&v)?
-            .reshape((b, self.num_heads, n, self.head_dim))?
-            .transpose(1, 2)?
-            .reshape((b, n, hidden))?;
-        self.o.forward(&y)
     }
 }
 
@@ -187,15 +105,7 @@ impl Qwen2 {
                     weight: src.vector(w(AttnNorm))?,
                     eps,
                 },
-                attn: Attention {
-                    q: Linear::load(src, w(Q), Some(w(QBias)))?,
-                    k: Linear::load(src, w(K), Some(w(KBias)))?,
-                    v: Linear::load(src, w(V), Some(w(VBias)))?,
-                    o: Linear::load(src, w(O), None)?,
-                    num_heads: cfg.num_heads,
-                    num_kv_heads: cfg.num_kv_heads,
-                    head_dim: cfg.head_dim,
-                },
+                attn: Attention::load(cfg, src, i)?,
                 ffn_norm: RmsNorm {
                     weight: src.vector(w(FfnNorm))?,
                     eps,
@@ -245,6 +155,18 @@ impl Qwen2 {
     /// Positions the model can attend over (the rotary tables' length).
     pub fn max_positions(&self) -> usize {
         self.max_positions
+    }
+
+    /// Runs a two-token prompt and a decode step on a scratch cache, so a GPU's kernels are loaded
+    /// (and, on a machine's first run, compiled by the driver: 15-20 s for a 7B on an H200) while
+    /// the model loads rather than in the first request.
+    pub fn warm_up(&self) -> Result<()> {
+        let mut cache = self.new_cache();
+        self.forward(&[0, 1], &mut cache)?;
+        self.forward(&[0], &mut cache)?
+            .argmax(0)?
+            .to_scalar::<u32>()?;
+        Ok(())
     }
 
     /// A fresh, empty KV cache shaped for this model.
@@ -306,21 +228,4 @@ impl Qwen2 {
         cache.commit(n);
         Ok(x)
     }
-}
-
-/// (n, start + n) additive mask: query i (at position start + i) sees keys 0..=start + i.
-fn causal_mask(n: usize, start: usize, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-    let total = start + n;
-    let mask: Vec<f32> = (0..n)
-        .flat_map(|i| {
-            (0..total).map(move |j| {
-                if j > start + i {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    Tensor::from_vec(mask, (n, total), dev)?.to_dtype(dtype)
 }

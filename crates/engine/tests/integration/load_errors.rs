@@ -6,11 +6,7 @@ use qwen_engine::EngineError;
 use std::path::{Path, PathBuf};
 
 fn load_err(path: &Path) -> EngineError {
-    let opts = LoadOptions {
-        device: Device::Cpu,
-        dtype: None,
-        context_length: None,
-    };
+    let opts = LoadOptions::new(Device::Cpu);
     match loader::load(path, &opts, None) {
         Ok(_) => panic!("{} loaded", path.display()),
         Err(e) => e,

@@ -22,9 +22,8 @@ fn exported_dir() -> PathBuf {
 
 fn load(path: &std::path::Path) -> LoadedModel {
     let opts = LoadOptions {
-        device: Device::Cpu,
-        dtype: None,
         context_length: Some(2048),
+        ..LoadOptions::new(Device::Cpu)
     };
     loader::load(path, &opts, None).expect("load")
 }

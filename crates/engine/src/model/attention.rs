@@ -1,0 +1,160 @@
+//! Self-attention over a sequence's KV cache: rotary embeddings, the cache write, and the
+//! scaled-dot-product attention itself. The one place that knows the cache layout
+//! (kv_heads, positions, head_dim) and the place where a backend-specific kernel (a fused
+//! single-query decode kernel on CUDA, flash attention for prompts) replaces the generic one.
+
+use super::qwen2::Linear;
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::kv_cache::KvCache;
+use crate::loader::{LayerWeight, WeightName, WeightSource};
+use candle_core::{DType, Device, Tensor};
+
+/// cos/sin tables for rotary position embeddings (the "neox" half-split layout Qwen2 uses).
+pub(super) struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rotary {
+    pub(super) fn new(
+        cfg: &ModelConfig,
+        max_positions: usize,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Self> {
+        let half = cfg.head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f32 / cfg.head_dim as f32))
+            .collect();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, half), dev)?;
+        let positions = Tensor::arange(0u32, max_positions as u32, dev)?
+            .to_dtype(DType::F32)?
+            .reshape((max_positions, 1))?;
+        let freqs = positions.broadcast_mul(&inv_freq)?;
+        Ok(Self {
+            cos: freqs.cos()?.to_dtype(dtype)?,
+            sin: freqs.sin()?.to_dtype(dtype)?,
+        })
+    }
+
+    fn apply(&self, x: &Tensor, start: usize) -> candle_core::Result<Tensor> {
+        let n = x.dim(2)?;
+        let cos = self.cos.narrow(0, start, n)?;
+        let sin = self.sin.narrow(0, start, n)?;
+        candle_nn::rotary_emb::rope(x, &cos, &sin)
+    }
+}
+
+/// Grouped-query self-attention of one layer: projections, RoPE, the cache write and the
+/// attention over every cached position.
+pub(super) struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    pub(super) fn load(
+        cfg: &ModelConfig,
+        src: &mut dyn WeightSource,
+        layer: usize,
+    ) -> Result<Self> {
+        use LayerWeight::*;
+        let w = |lw| WeightName::Layer(layer, lw);
+        Ok(Self {
+            q: Linear::load(src, w(Q), Some(w(QBias)))?,
+            k: Linear::load(src, w(K), Some(w(KBias)))?,
+            v: Linear::load(src, w(V), Some(w(VBias)))?,
+            o: Linear::load(src, w(O), None)?,
+            num_heads: cfg.num_heads,
+            num_kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+        })
+    }
+
+    /// `x` (b, n, hidden) at the positions after `cache`'s; writes their keys and values to
+    /// `layer` of the cache. `mask` is [`causal_mask`]'s, for n > 1.
+    pub(super) fn forward(
+        &self,
+        x: &Tensor,
+        rotary: &Rotary,
+        cache: &mut KvCache,
+        layer: usize,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let (b, n, hidden) = x.dims3()?;
+        let start = cache.len();
+        let heads = |t: Tensor, h: usize| {
+            t.reshape((b, n, h, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = heads(self.q.forward(x)?, self.num_heads)?;
+        let k = heads(self.k.forward(x)?, self.num_kv_heads)?;
+        let v = heads(self.v.forward(x)?, self.num_kv_heads)?;
+        let q = rotary.apply(&q, start)?;
+        let k = rotary.apply(&k, start)?;
+        let (k, v) = cache.append(layer, &k, &v)?;
+        let y = scaled_dot_product(&q, &k, &v, mask)?
+            .transpose(1, 2)?
+            .reshape((b, n, hidden))?;
+        self.o.forward(&y)
+    }
+}
+
+/// softmax(q·kᵀ/√d + mask)·v for q (b, heads, n, d) over k, v (b, kv_heads, total, d), where
+/// query heads h·group .. (h+1)·group share KV head h. Returns (b, heads, n, d).
+///
+/// The generic version, built from candle ops, runs on every backend; a backend's fused kernel
+/// (single-query decode over the cache, flash attention for prompts) goes in here, so the model
+/// and the cache layout do not change with it.
+fn scaled_dot_product(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let (b, heads, n, d) = q.dims4()?;
+    let (_, kv_heads, total, _) = k.dims4()?;
+    // No per-head copies of K/V: the query heads of one KV head are adjacent, so
+    // (b, heads, n, d) reshapes to (b, kv_heads, group * n, d).
+    let group = heads / kv_heads;
+    let q = q.reshape((b, kv_heads, group * n, d))?;
+    let mut scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
+    if let Some(mask) = mask {
+        scores = scores
+            .reshape((b, kv_heads, group, n, total))?
+            .broadcast_add(mask)?
+            .reshape((b, kv_heads, group * n, total))?;
+    }
+    candle_nn::ops::softmax_last_dim(&scores)?
+        .matmul(v)?
+        .reshape((b, heads, n, d))
+}
+
+/// (n, start + n) additive mask: query i (at position start + i) sees keys 0..=start + i.
+pub(super) fn causal_mask(
+    n: usize,
+    start: usize,
+    dtype: DType,
+    dev: &Device,
+) -> candle_core::Result<Tensor> {
+    let total = start + n;
+    let mask: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > start + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (n, total), dev)?.to_dtype(dtype)
+}

@@ -1,0 +1,89 @@
+# Reads what scripts/gpu/check.sh wrote in OUT and prints gpu-check.json: the decode-step profile
+# against model size (intercept = per-step overhead, slope = effective bandwidth), the figures the
+# GPU issue's acceptance list names, each with its threshold and whether it holds.
+#   python3 scripts/gpu/summarize.py OUT MODELS_DIR
+import json, os, struct, sys
+
+OUT, MODELS = sys.argv[1], sys.argv[2]
+
+
+def load(name):
+    try:
+        with open(os.path.join(OUT, name)) as f:
+            return json.loads(f.read().strip().splitlines()[-1]) if name.startswith("qb_") or name == "parity.json" else json.load(f)
+    except Exception as e:  # a step that failed is reported, not fatal
+        return {"missing": f"{name}: {e!r}"}
+
+
+def weight_bytes_per_token(model_dir):
+    """Bytes a decode step reads: every weight once, except an untied embedding (one row)."""
+    total, embed, head = 0, 0, False
+    for f in os.listdir(model_dir):
+        if not f.endswith(".safetensors"):
+            continue
+        with open(os.path.join(model_dir, f), "rb") as fh:
+            header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
+        for name, t in header.items():
+            if name == "__metadata__":
+                continue
+            size = t["data_offsets"][1] - t["data_offsets"][0]
+            total += size
+            embed += size if name == "model.embed_tokens.weight" else 0
+            head = head or name == "lm_head.weight"
+    return total - embed if head else total
+
+
+hf = load("hf.json")
+bandwidth = hf.get("copy_gb_s")
+sizes = []
+for m in ["m05", "m15", "m3", "m7"]:
+    qb = load(f"qb_{m}_512.json")
+    path = os.path.join(MODELS, m)
+    if "decode_step_ms_p50" in qb and os.path.isdir(path):
+        sizes.append({"model": m, "weight_gb": weight_bytes_per_token(path) / 1e9, "step_ms": qb["decode_step_ms_p50"], "decode_tok_s": qb["decode_tok_s"]})
+
+profile = {"points": sizes}
+if len(sizes) >= 2:  # least squares: step_ms = intercept + slope * weight_gb
+    xs, ys = [s["weight_gb"] for s in sizes], [s["step_ms"] for s in sizes]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    profile.update(intercept_ms=my - slope * mx, slope_ms_per_gb=slope, effective_gb_s=1e3 / slope if slope > 0 else None)
+
+m7 = {n: load(f"qb_m7_{n}.json") for n in (512, 1024, 2048)}
+cold = load("qb_m7_cold.json")
+parity = load("parity.json")
+gb7 = next((s["weight_gb"] for s in sizes if s["model"] == "m7"), None)
+bound = bandwidth / gb7 if bandwidth and gb7 else None
+
+
+def check(name, value, ok, threshold):
+    return {"name": name, "value": value, "threshold": threshold, "pass": bool(ok) if value is not None else False}
+
+
+def ratio(a, b):
+    return a / b if a and b else None
+
+
+dec = m7[512].get("decode_tok_s")
+checks = [
+    check("decode_7b_512_fraction_of_bound", ratio(dec, bound), ratio(dec, bound) and ratio(dec, bound) >= 0.6, ">= 0.60"),
+    check("prefill_7b_512_vs_transformers", ratio(m7[512].get("prefill_tok_s"), hf.get("hf_m7_512", {}).get("prefill_tok_s")), (ratio(m7[512].get("prefill_tok_s"), hf.get("hf_m7_512", {}).get("prefill_tok_s")) or 0) >= 1.0, ">= 1.0"),
+    check("prefill_7b_2048_vs_transformers", ratio(m7[2048].get("prefill_tok_s"), hf.get("hf_m7_2048", {}).get("prefill_tok_s")), (ratio(m7[2048].get("prefill_tok_s"), hf.get("hf_m7_2048", {}).get("prefill_tok_s")) or 0) >= 1.0, ">= 1.0"),
+    check("ttft_7b_1024_ms", m7[1024].get("ttft_ms"), (m7[1024].get("ttft_ms") or 1e9) < 150, "< 150"),
+    check("load_7b_s", m7[512].get("load_s"), (m7[512].get("load_s") or 1e9) <= 5, "<= 5"),
+    check("rss_after_load_7b_mib", m7[512].get("rss_after_load_mib"), (m7[512].get("rss_after_load_mib") or 1e9) <= 2048, "<= 2048"),
+    check("parity_f32_greedy_tokens_equal", parity.get("f32_tokens_equal"), parity.get("f32_tokens_equal") is True, "32 steps equal"),
+    check("parity_bf16_relative_logit_diff", ratio(parity.get("bf16_max_abs_logit_diff"), parity.get("max_abs_logit")), (ratio(parity.get("bf16_max_abs_logit_diff"), parity.get("max_abs_logit")) or 1) <= 0.05, "<= 0.05"),
+]
+print(json.dumps({
+    "gpu": hf.get("gpu"),
+    "copy_gb_s": bandwidth,
+    "decode_bound_7b_tok_s": bound,
+    "decode_profile": profile,
+    "first_run": {"load_s": cold.get("load_s"), "first_prefill_s": cold.get("first_prefill_s"), "note": "empty CUDA_CACHE_PATH: the driver compiles the PTX kernels"},
+    "qwen_bench_7b": m7,
+    "transformers_7b": {k: v for k, v in hf.items() if k.startswith("hf_m7_")},
+    "parity": parity,
+    "checks": checks,
+    "all_pass": all(c["pass"] for c in checks),
+}, indent=1))
