@@ -42,6 +42,13 @@ export interface LoadModelOptions {
   threads?: number
   /** Requests allowed to wait; more are rejected with ERR_OVERLOADED. Default 64. */
   maxQueue?: number
+  /**
+   * Finished requests whose KV caches are kept, so a prompt that begins like one of them (same
+   * system prompt and tools, the next turn of a conversation) computes only what differs. Default 4.
+   */
+  prefixCacheSlots?: number
+  /** Positions all kept KV caches may hold together; the least recently used go first. Default 16384. */
+  prefixCacheTokens?: number
   /** Called as weights load, at most once per percent. */
   onProgress?: (progress: LoadProgress) => void
 }
@@ -139,6 +146,10 @@ export interface Usage {
   prompt_tokens: number
   completion_tokens: number
   total_tokens: number
+  prompt_tokens_details: {
+    /** Prompt tokens served from the prefix cache instead of computed. */
+    cached_tokens: number
+  }
 }
 
 export interface ChatCompletion {

@@ -230,7 +230,7 @@ class Model {
   }
 }
 
-const LOAD_OPTIONS = new Set(['modelPath', 'device', 'dtype', 'contextLength', 'threads', 'maxQueue', 'onProgress'])
+const LOAD_OPTIONS = new Set(['modelPath', 'device', 'dtype', 'contextLength', 'threads', 'maxQueue', 'prefixCacheSlots', 'prefixCacheTokens', 'onProgress'])
 
 /** Loads a Qwen2.5 model (GGUF file or Hugging Face directory) on engine threads. */
 async function loadModel(options = {}) {
@@ -238,16 +238,16 @@ async function loadModel(options = {}) {
   for (const key of Object.keys(options)) {
     if (!LOAD_OPTIONS.has(key)) throw codedError('ERR_INVALID_REQUEST', `unknown option "${key}"; known: ${[...LOAD_OPTIONS].join(', ')}`)
   }
-  const { modelPath, device, dtype, contextLength, threads, maxQueue, onProgress } = options
+  const { modelPath, device, dtype, contextLength, threads, maxQueue, prefixCacheSlots, prefixCacheTokens, onProgress } = options
   if (modelPath != null && typeof modelPath !== 'string') throw codedError('ERR_INVALID_REQUEST', 'modelPath must be a string')
   if (onProgress != null && typeof onProgress !== 'function') throw codedError('ERR_INVALID_REQUEST', 'onProgress must be a function')
-  for (const [name, value] of Object.entries({ contextLength, threads, maxQueue })) {
+  for (const [name, value] of Object.entries({ contextLength, threads, maxQueue, prefixCacheSlots, prefixCacheTokens })) {
     if (value != null && !(Number.isInteger(value) && value > 0)) throw codedError('ERR_INVALID_REQUEST', `${name} must be a positive integer`)
   }
   const resolved = path.resolve(modelPath ?? process.env.MODEL_PATH ?? DEFAULT_MODEL_PATH)
   try {
     const nativeModel = await native.loadNativeModel(
-      { modelPath: resolved, device, dtype, contextLength, threads, maxQueue },
+      { modelPath: resolved, device, dtype, contextLength, threads, maxQueue, prefixCacheSlots, prefixCacheTokens },
       onProgress ? (p) => onProgress(p) : undefined,
     )
     return new Model(nativeModel)

@@ -80,7 +80,7 @@ export function createAgentRouter(model, tools, { maxSteps = 6, bodyLimit = '1mb
         ? [...messages]
         : [{ role: 'system', content: systemPrompt }, ...messages]
       const added = [] // the messages this request adds to the conversation, for the client to keep
-      const usage = { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 }
+      const usage = { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0, prompt_tokens_details: { cached_tokens: 0 } }
       for (let step = 1; ; step++) {
         // The last step may not call tools, so the loop always ends with an answer.
         const toolChoice = step === maxSteps ? 'none' : 'auto'
@@ -223,6 +223,7 @@ function addUsage(total, usage) {
   total.prompt_tokens += usage.prompt_tokens
   total.completion_tokens += usage.completion_tokens
   total.total_tokens += usage.total_tokens
+  total.prompt_tokens_details.cached_tokens += usage.prompt_tokens_details?.cached_tokens ?? 0
 }
 
 /** Tool-call arguments as an object for display; text that is not JSON stays text. */

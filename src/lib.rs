@@ -19,6 +19,8 @@ pub struct NativeLoadOptions {
     pub context_length: Option<u32>,
     pub threads: Option<u32>,
     pub max_queue: Option<u32>,
+    pub prefix_cache_slots: Option<u32>,
+    pub prefix_cache_tokens: Option<u32>,
 }
 
 #[napi(object)]
@@ -47,6 +49,12 @@ pub async fn load_native_model(
     opts.threads = options.threads.map(|n| n as usize);
     if let Some(q) = options.max_queue {
         opts.max_queue = q as usize;
+    }
+    if let Some(n) = options.prefix_cache_slots {
+        opts.prefix_cache.slots = n as usize;
+    }
+    if let Some(n) = options.prefix_cache_tokens {
+        opts.prefix_cache.tokens = n as usize;
     }
     let engine = napi::tokio::task::spawn_blocking(move || {
         guard(|| {

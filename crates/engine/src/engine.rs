@@ -6,10 +6,10 @@ use crate::error::{EngineError, Result};
 use crate::generate::{generate, needs_grammar, Event, GenerationParams};
 use crate::grammar::GrammarCompiler;
 use crate::loader::{self, LoadOptions, LoadedModel, ModelInfo, ProgressFn};
+use crate::prefix_cache::{PrefixCache, PrefixCacheLimits};
 use crate::request::ChatRequest;
 use crate::response::{AssistantMessage, FinishReason, ResponseMeta, Usage};
 use crate::sampling::SamplingParams;
-use crate::sequence::Sequence;
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
 use candle_core::{DType, Device};
@@ -33,6 +33,8 @@ pub struct EngineOptions {
     pub threads: Option<usize>,
     /// Requests waiting beyond this are refused with `ERR_OVERLOADED`.
     pub max_queue: usize,
+    /// Finished requests' KV caches kept for prefix reuse: how many, and how many positions in all.
+    pub prefix_cache: PrefixCacheLimits,
 }
 
 impl EngineOptions {
@@ -44,6 +46,10 @@ impl EngineOptions {
             context_length: None,
             threads: None,
             max_queue: 64,
+            prefix_cache: PrefixCacheLimits {
+                slots: 4,
+                tokens: 16_384,
+            },
         }
     }
 }
@@ -212,10 +218,10 @@ impl Engine {
             },
             progress,
         )?;
-        Ok(Self::start(loaded, options.max_queue))
+        Ok(Self::start(loaded, options.max_queue, options.prefix_cache))
     }
 
-    fn start(loaded: LoadedModel, max_queue: usize) -> Self {
+    fn start(loaded: LoadedModel, max_queue: usize, prefix_cache: PrefixCacheLimits) -> Self {
         let LoadedModel {
             model,
             tokenizer,
@@ -240,7 +246,7 @@ impl Engine {
             .name("qwen-engine".into())
             .spawn(move || {
                 let mut worker = Worker {
-                    sequence: Sequence::new(&model),
+                    cache: PrefixCache::new(prefix_cache),
                     model,
                     eos,
                     shared: worker_shared,
@@ -389,8 +395,8 @@ struct Worker {
     model: crate::model::Qwen2,
     eos: Vec<u32>,
     shared: Arc<Shared>,
-    /// The last request's tokens and KV cache: the next prompt reuses their common prefix.
-    sequence: Sequence,
+    /// Recent requests' tokens and KV caches: a new prompt reuses the longest common prefix.
+    cache: PrefixCache,
     /// Built on the first request that needs a grammar.
     grammars: Option<GrammarCompiler>,
 }
@@ -400,8 +406,8 @@ impl Worker {
         let events = job.events.clone();
         let outcome =
             catch_unwind(AssertUnwindSafe(|| self.run_job(&job))).unwrap_or_else(|panic| {
-                // The cache may be half-written: start the next request from scratch.
-                self.sequence = Sequence::new(&self.model);
+                // The request's own sequence, maybe half-written, was dropped with the unwind;
+                // the kept ones were not touched.
                 Err(EngineError::Internal(panic_message(&panic)))
             });
         if let Err(e) = outcome {
@@ -463,16 +469,21 @@ impl Worker {
                 end_of_turn,
             )?);
         }
-        generate(
+        let mut seq = self.cache.check_out(&self.model, &prompt)?;
+        let result = generate(
             &self.model,
             &shared.tokenizer,
             self.grammars.as_ref(),
-            &mut self.sequence,
+            &mut seq,
+            &mut self.cache,
             &prompt,
             &params,
             &interrupt,
             &mut |event| job.events.send(Ok(event)).is_ok(),
-        )
+        );
+        // Kept whatever the outcome: its tokens and KV cache always agree.
+        self.cache.check_in(seq);
+        result
     }
 }
 

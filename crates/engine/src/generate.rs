@@ -5,6 +5,7 @@ use crate::detokenize::StreamDecoder;
 use crate::error::{EngineError, Result};
 use crate::grammar::{self, Constraint, GrammarCompiler};
 use crate::model::Qwen2;
+use crate::prefix_cache::PrefixCache;
 use crate::response::{new_call_id, FinishReason, Usage};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::sequence::Sequence;
@@ -71,7 +72,8 @@ pub fn needs_grammar(tools: &ToolSettings) -> bool {
     tools.constrained && (tools.may_call() || tools.format != crate::tools::ResponseFormat::Text)
 }
 
-/// Runs one generation in `seq`, reusing whatever prefix of `prompt` it already holds.
+/// Runs one generation in `seq`, reusing whatever prefix of `prompt` it already holds; `cache`
+/// supplies another sequence where the answer is redone on a different prompt.
 /// `interrupt` is polled before every forward pass and ends the run with its error (abort,
 /// close); `emit` returns false when nobody listens any more, which ends it too.
 #[allow(clippy::too_many_arguments)]
@@ -80,6 +82,7 @@ pub fn generate(
     tokenizer: &Tokenizer,
     grammars: Option<&GrammarCompiler>,
     seq: &mut Sequence,
+    cache: &mut PrefixCache,
     prompt: &[u32],
     params: &GenerationParams,
     interrupt: &dyn Fn() -> Option<EngineError>,
@@ -114,7 +117,7 @@ pub fn generate(
     };
 
     let mut prompt = prompt;
-    let mut answer_start = prefill(model, seq, prompt, params.max_tokens, interrupt)?;
+    let (mut answer_start, mut cached) = prefill(model, seq, prompt, params.max_tokens, interrupt)?;
     let mut logits = answer_start.clone();
 
     let mut sampler = Sampler::new(params.sampling.clone());
@@ -146,8 +149,13 @@ pub fn generate(
                 }
                 Redo::AsText => {
                     if let Some(text_prompt) = &params.text_prompt {
+                        // The prompt with the tools stays cached for the conversation's next
+                        // turn; the tool-less one runs in a sequence of its own.
                         prompt = text_prompt;
-                        answer_start = prefill(model, seq, prompt, params.max_tokens, interrupt)?;
+                        let other = cache.check_out(model, prompt)?;
+                        cache.check_in(std::mem::replace(seq, other));
+                        (answer_start, cached) =
+                            prefill(model, seq, prompt, params.max_tokens, interrupt)?;
                         logits = answer_start.clone();
                     }
                     constraint = None;
@@ -241,19 +249,19 @@ pub fn generate(
     };
     out.send(Event::Finished {
         reason,
-        usage: Usage::new(prompt.len(), generated),
+        usage: Usage::new(prompt.len(), cached, generated),
     })
 }
 
 /// Runs `prompt` through the model, reusing the prefix `seq` already holds; returns the logits
-/// of the first answer token.
+/// of the first answer token and how many prompt tokens were reused.
 fn prefill(
     model: &Qwen2,
     seq: &mut Sequence,
     prompt: &[u32],
     max_tokens: usize,
     interrupt: &dyn Fn() -> Option<EngineError>,
-) -> Result<Tensor> {
+) -> Result<(Tensor, usize)> {
     let start = seq.reuse_prefix(prompt);
     seq.reserve(prompt.len() + max_tokens.min(INITIAL_COMPLETION_RESERVE))?;
     let mut logits = None;
@@ -263,7 +271,8 @@ fn prefill(
         }
         logits = Some(seq.forward(model, chunk)?);
     }
-    logits.ok_or_else(|| EngineError::invalid("the prompt is empty"))
+    let logits = logits.ok_or_else(|| EngineError::invalid("the prompt is empty"))?;
+    Ok((logits, start))
 }
 
 /// Tokens to events: UTF-8 assembly, stop strings, then tool-call recognition.

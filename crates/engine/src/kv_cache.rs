@@ -81,6 +81,19 @@ impl KvCache {
         Ok(())
     }
 
+    /// Makes this cache hold `from`'s first `n` positions (a copy: the two stay independent).
+    pub fn copy_prefix(&mut self, from: &KvCache, n: usize) -> Result<()> {
+        self.len = 0;
+        self.reserve(n)?;
+        for (dst, src) in [(&self.keys, &from.keys), (&self.values, &from.values)] {
+            for (d, s) in dst.iter().zip(src) {
+                d.slice_set(&s.narrow(2, 0, n)?.contiguous()?, 2, 0)?;
+            }
+        }
+        self.len = n;
+        Ok(())
+    }
+
     /// Writes `k`, `v` of shape (1, kv_heads, n, head_dim) for `layer` after the cached positions and
     /// returns views of all positions so far. Positions become part of `len` only on `commit`.
     pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {

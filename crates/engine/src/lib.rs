@@ -16,6 +16,7 @@ pub mod grammar;
 pub mod kv_cache;
 pub mod loader;
 pub mod model;
+pub mod prefix_cache;
 pub mod request;
 pub mod response;
 pub mod sampling;

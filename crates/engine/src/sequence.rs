@@ -30,16 +30,26 @@ impl Sequence {
         self.tokens.is_empty()
     }
 
-    /// Keeps the longest cached prefix of `prompt`, short of its last token (whose logits start
-    /// the answer), and returns its length.
-    pub fn reuse_prefix(&mut self, prompt: &[u32]) -> usize {
-        let shared = self
-            .tokens
+    /// Positions the cache has room for without reallocating.
+    pub fn capacity(&self) -> usize {
+        self.kv.capacity()
+    }
+
+    /// How many leading tokens of `prompt` are cached, short of its last token (whose logits
+    /// start the answer, so it is always computed).
+    pub fn common_prefix(&self, prompt: &[u32]) -> usize {
+        self.tokens
             .iter()
             .zip(prompt)
             .take_while(|(a, b)| a == b)
             .count()
-            .min(prompt.len().saturating_sub(1));
+            .min(prompt.len().saturating_sub(1))
+    }
+
+    /// Keeps the cached prefix of `prompt` (see [`common_prefix`](Self::common_prefix)) and
+    /// returns its length.
+    pub fn reuse_prefix(&mut self, prompt: &[u32]) -> usize {
+        let shared = self.common_prefix(prompt);
         self.truncate(shared);
         shared
     }
@@ -48,6 +58,14 @@ impl Sequence {
     pub fn truncate(&mut self, len: usize) {
         self.tokens.truncate(len);
         self.kv.truncate(len);
+    }
+
+    /// Makes this sequence hold `from`'s first `n` tokens and their keys and values, copied.
+    pub fn copy_prefix(&mut self, from: &Sequence, n: usize) -> Result<()> {
+        self.tokens.clear();
+        self.kv.copy_prefix(&from.kv, n)?;
+        self.tokens.extend_from_slice(&from.tokens[..n]);
+        Ok(())
     }
 
     /// Ensures room for `total` positions up front, so decoding does not reallocate.

@@ -4,6 +4,7 @@
 mod common;
 mod engine;
 mod load_errors;
+mod prefix_cache;
 mod safetensors_parity;
 mod template_parity;
 mod tiny_model_parity;
