@@ -105,8 +105,7 @@ def hf_bench(model, n):
 
 result["copy_gb_s"] = copy_bandwidth()
 for name in ["m05", "m15", "m3"]:
-    del_model = make(name)
-    del del_model
+    make(name)  # saved for qwen-bench; the weights are freed here
     torch.cuda.empty_cache()
 model = make("m7")
 for n in (512, 1024, 2048):

@@ -43,10 +43,11 @@ for m in ["m05", "m15", "m3", "m7"]:
         sizes.append({"model": m, "weight_gb": weight_bytes_per_token(path) / 1e9, "step_ms": qb["decode_step_ms_p50"], "decode_tok_s": qb["decode_tok_s"]})
 
 profile = {"points": sizes}
-if len(sizes) >= 2:  # least squares: step_ms = intercept + slope * weight_gb
-    xs, ys = [s["weight_gb"] for s in sizes], [s["step_ms"] for s in sizes]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+xs, ys = [s["weight_gb"] for s in sizes], [s["step_ms"] for s in sizes]
+mx, my = (sum(xs) / len(xs), sum(ys) / len(ys)) if sizes else (0, 0)
+spread = sum((x - mx) ** 2 for x in xs)
+if spread > 0:  # least squares over distinct sizes: step_ms = intercept + slope * weight_gb
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / spread
     profile.update(intercept_ms=my - slope * mx, slope_ms_per_gb=slope, effective_gb_s=1e3 / slope if slope > 0 else None)
 
 m7 = {n: load(f"qb_m7_{n}.json") for n in (512, 1024, 2048)}
@@ -80,7 +81,7 @@ print(json.dumps({
     "copy_gb_s": bandwidth,
     "decode_bound_7b_tok_s": bound,
     "decode_profile": profile,
-    "first_run": {"load_s": cold.get("load_s"), "first_prefill_s": cold.get("first_prefill_s"), "note": "empty CUDA_CACHE_PATH: the driver compiles the PTX kernels"},
+    "first_run": {"load_s": cold.get("load_s"), "first_prefill_s": cold.get("first_prefill_s"), "note": "the driver kernel cache started empty: load_s includes compiling the PTX kernels (the load warms them up)"},
     "qwen_bench_7b": m7,
     "transformers_7b": {k: v for k, v in hf.items() if k.startswith("hf_m7_")},
     "parity": parity,

@@ -98,9 +98,6 @@ pub fn check_quantized_kernels(d: &Device) -> Result<()> {
     cuda::check_quantized_kernels(d).map_err(EngineError::load)
 }
 
-/// Whether this binary was built with CUDA kernels.
-pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
-
 #[cfg(not(feature = "cuda"))]
 mod cuda {
     use candle_core::Device;
@@ -275,12 +272,10 @@ mod cuda {
         // cudarc panics instead of returning errors where a library lacks a symbol it calls.
         let device = catch_unwind(AssertUnwindSafe(|| Device::new_cuda(ordinal)))
             .map_err(|panic| {
-                let why = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                format!("the CUDA libraries failed while opening the device: {why}")
+                format!(
+                    "the CUDA libraries failed while opening the device: {}",
+                    crate::error::panic_text(panic.as_ref())
+                )
             })?
             .map_err(|e| e.to_string())?;
         if let (Some(built), Ok(cuda)) = (built_arch(), device.as_cuda_device()) {

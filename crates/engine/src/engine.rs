@@ -2,7 +2,7 @@
 //! own event channel and cancel flag, and a dropped receiver cancels it.
 
 use crate::device::{self, DeviceRequest};
-use crate::error::{EngineError, Result};
+use crate::error::{panic_text, EngineError, Result};
 use crate::generate::{generate, needs_grammar, Event, GenerationParams};
 use crate::grammar::GrammarCompiler;
 use crate::loader::{self, LoadOptions, LoadedModel, ModelInfo, ProgressFn};
@@ -488,10 +488,8 @@ impl Worker {
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    let what = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into());
-    format!("the engine panicked while serving a request ({what}); the model keeps serving")
+    format!(
+        "the engine panicked while serving a request ({}); the model keeps serving",
+        panic_text(panic.as_ref())
+    )
 }

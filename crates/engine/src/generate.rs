@@ -150,10 +150,11 @@ pub fn generate(
                 Redo::AsText => {
                     if let Some(text_prompt) = &params.text_prompt {
                         // The prompt with the tools stays cached for the conversation's next
-                        // turn; the tool-less one runs in a sequence of its own.
+                        // turn; the tool-less one runs in a sequence of its own, checked out
+                        // after the other is back so it can copy the part they share.
                         prompt = text_prompt;
-                        let other = cache.check_out(model, prompt)?;
-                        cache.check_in(std::mem::replace(seq, other));
+                        cache.check_in(std::mem::replace(seq, Sequence::new(model)));
+                        *seq = cache.check_out(model, prompt)?;
                         (answer_start, cached) =
                             prefill(model, seq, prompt, params.max_tokens, interrupt)?;
                         logits = answer_start.clone();

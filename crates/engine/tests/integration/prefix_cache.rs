@@ -67,6 +67,43 @@ fn with_one_slot_conversations_evict_each_other() {
     assert!(computed(&a2) > 300, "{a2:?}");
 }
 
+#[test]
+fn the_repeat_guards_tool_less_redo_keeps_the_tool_prompt_cached() {
+    let engine = engine(4);
+    let call = json!({"id": "call_1", "type": "function", "function": {
+        "name": "get_weather", "arguments": "{\"location\": \"Lisbon\", \"unit\": \"celsius\"}"}});
+    let mut messages = vec![
+        json!({"role": "user", "content": "What's the weather in Lisbon in celsius?"}),
+        json!({"role": "assistant", "content": null, "tool_calls": [call]}),
+        json!({"role": "tool", "tool_call_id": "call_1", "content": "{\"temperature\": 23, \"unit\": \"celsius\", \"condition\": \"sunny\"}"}),
+    ];
+    let tools = json!([crate::tools::weather_tool()]);
+    // The 0.5B model repeats the call; the guard redoes the answer on the prompt without tools.
+    let body = json!({ "messages": messages, "tools": tools, "temperature": 0, "max_tokens": 60 });
+    let (message, _, redone) = engine
+        .submit_json(&body)
+        .unwrap()
+        .blocking_answer()
+        .unwrap();
+    assert!(
+        message.tool_calls.is_empty() && message.content.contains("23"),
+        "{message:?}"
+    );
+    // The next turn's prompt has the tools again: it continues the tool prompt, still cached.
+    messages.push(json!({ "role": "assistant", "content": message.content }));
+    messages.push(json!({ "role": "user", "content": "And in Porto?" }));
+    let body = json!({ "messages": messages, "tools": tools, "temperature": 0, "max_tokens": 4 });
+    let (_, _, next) = engine
+        .submit_json(&body)
+        .unwrap()
+        .blocking_answer()
+        .unwrap();
+    assert!(
+        next.prompt_tokens_details.cached_tokens > redone.prompt_tokens,
+        "{next:?} after {redone:?}"
+    );
+}
+
 mod invariants {
     //! Slot choice, copying and eviction on the tiny random Qwen2 (fast, exact in f32).
     use crate::common::repo_root;

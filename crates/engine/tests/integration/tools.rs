@@ -10,7 +10,7 @@ use qwen_engine::{AssistantMessage, FinishReason};
 use serde_json::{json, Value};
 use std::sync::{Arc, OnceLock};
 
-fn weather_tool() -> Value {
+pub(crate) fn weather_tool() -> Value {
     json!({"type": "function", "function": {
         "name": "get_weather",
         "description": "Get the current weather in a city",
