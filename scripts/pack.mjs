@@ -31,8 +31,8 @@ function buildInfo() {
 
 /**
  * Packs both packages into `outDir`; returns `{ main, prebuilt }` tarball paths and `prebuiltPackage`
- * (platform.js's description of it). The prebuilt is the
- * CUDA package when the addon is a CUDA build. `allowNative` packs a CPU-specific build.
+ * (platform.js's description of it). The prebuilt is the CUDA package when the addon is a CUDA
+ * build. `allowNative` packs a build tuned to this CPU.
  */
 export function pack(outDir = path.join(root, 'dist'), { allowNative = false } = {}) {
   const addon = path.join(root, ADDON)
