@@ -158,7 +158,6 @@ fn speed(opts: &EngineOptions, prompt_tokens: usize, gen_tokens: usize) -> Bench
     let mut prompt = loaded.tokenizer.encode(&text, false)?;
     prompt.truncate(prompt_tokens.max(1));
     let model = &loaded.model;
-    let sync = || model.device().synchronize();
 
     // First prefill of the process: includes the driver's one-time kernel compilation on GPUs.
     let mut cache = model.new_cache();
@@ -170,7 +169,7 @@ fn speed(opts: &EngineOptions, prompt_tokens: usize, gen_tokens: usize) -> Bench
     // Warm: the same prompt on a fresh cache; its first token is the time to first token.
     let mut cache = model.new_cache();
     cache.reserve(prompt.len() + gen_tokens)?;
-    sync()?;
+    model.device().synchronize()?;
     let t2 = Instant::now();
     let mut token = prefill(model, &prompt, &mut cache)?;
     let ttft_s = t2.elapsed().as_secs_f64();
@@ -210,35 +209,25 @@ fn speed(opts: &EngineOptions, prompt_tokens: usize, gen_tokens: usize) -> Bench
     .to_string())
 }
 
-/// Greedy decoding of `steps` tokens after `prompt`: the tokens and each step's logits.
-fn greedy_run(
+/// Decodes `steps` tokens after `prompt`, greedily or, with `forced`, feeding those tokens (another
+/// run's choices): the tokens and each step's logits (as f32).
+fn run(
     model: &Qwen2,
     prompt: &[u32],
     steps: usize,
+    forced: Option<&[u32]>,
 ) -> BenchResult<(Vec<u32>, Vec<Vec<f32>>)> {
     let mut cache = model.new_cache();
     let mut logits = model.forward(prompt, &mut cache)?;
     let (mut tokens, mut all) = (Vec::new(), Vec::new());
-    for _ in 0..steps {
-        let row = logits.to_vec1::<f32>()?;
-        let token = argmax(&row);
+    for step in 0..steps {
+        let row = logits.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let token = forced.map_or_else(|| argmax(&row), |f| f[step]);
         tokens.push(token);
         all.push(row);
         logits = model.forward(&[token], &mut cache)?;
     }
     Ok((tokens, all))
-}
-
-/// The logits `model` gives at each step when fed `tokens` (another run's choices) after `prompt`.
-fn forced_run(model: &Qwen2, prompt: &[u32], tokens: &[u32]) -> BenchResult<Vec<Vec<f32>>> {
-    let mut cache = model.new_cache();
-    let mut logits = model.forward(prompt, &mut cache)?;
-    let mut all = Vec::new();
-    for &t in tokens {
-        all.push(logits.to_dtype(DType::F32)?.to_vec1::<f32>()?);
-        logits = model.forward(&[t], &mut cache)?;
-    }
-    Ok(all)
 }
 
 fn argmax(v: &[f32]) -> u32 {
@@ -283,14 +272,14 @@ fn parity(dir: &Path, device_arg: &str, steps: usize) -> BenchResult<String> {
         .map(|i| (i * 37 + 11) % cfg.vocab_size as u32)
         .collect();
     let cpu = load(&Device::Cpu, DType::F32)?;
-    let (cpu_tokens, cpu_logits) = greedy_run(&cpu, &prompt, steps)?;
+    let (cpu_tokens, cpu_logits) = run(&cpu, &prompt, steps, None)?;
     let dev_f32 = load(&selected.device, DType::F32)?;
-    let (dev_tokens, dev_logits) = greedy_run(&dev_f32, &prompt, steps)?;
+    let (dev_tokens, dev_logits) = run(&dev_f32, &prompt, steps, None)?;
     let first_difference = cpu_tokens.iter().zip(&dev_tokens).position(|(a, b)| a != b);
-    let forced_f32 = forced_run(&dev_f32, &prompt, &cpu_tokens)?;
+    let (_, forced_f32) = run(&dev_f32, &prompt, steps, Some(&cpu_tokens))?;
     let (f32_max_diff, _) = compare(&cpu_logits, &forced_f32);
     let dev_bf16 = load(&selected.device, DType::BF16)?;
-    let forced_bf16 = forced_run(&dev_bf16, &prompt, &cpu_tokens)?;
+    let (_, forced_bf16) = run(&dev_bf16, &prompt, steps, Some(&cpu_tokens))?;
     let (bf16_max_diff, bf16_top1) = compare(&cpu_logits, &forced_bf16);
     let logit_scale = cpu_logits
         .iter()

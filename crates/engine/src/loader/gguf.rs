@@ -121,6 +121,11 @@ fn tensor_bytes(info: &gguf_file::TensorInfo) -> u64 {
     (elems / info.ggml_dtype.block_size() * info.ggml_dtype.type_size()) as u64
 }
 
+/// Unquantized storage: dense weights, no quantized kernel involved.
+fn is_float(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+}
+
 /// candle's CPU kernels for these types are scalar; their values are re-blocked as Q8_0 (a
 /// SIMD kernel, 8-bit, so at most a half-step rounding change per weight) at load.
 fn slow_on_cpu(dtype: GgmlDType) -> bool {
@@ -140,7 +145,7 @@ impl WeightSource for GgufSource<'_> {
         let device = self.placement.device.clone();
         let dtype = self.placement.dtype();
         match self.info(name)?.ggml_dtype {
-            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+            d if is_float(d) => {
                 let t = self.read(name, &Device::Cpu)?;
                 let dense = t.dequantize(&device)?.to_dtype(dtype)?;
                 Ok(QMatMul::Tensor(dense))
@@ -191,12 +196,11 @@ pub(super) fn load(
     progress: Option<&mut ProgressFn<'_>>,
 ) -> Result<LoadedModel> {
     let mut src = GgufSource::open(path, Placement::for_load(opts, progress))?;
-    let quantized = src.content().tensor_infos.values().any(|i| {
-        !matches!(
-            i.ggml_dtype,
-            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
-        )
-    });
+    let quantized = src
+        .content()
+        .tensor_infos
+        .values()
+        .any(|i| !is_float(i.ggml_dtype));
     if quantized && !opts.device.is_cpu() {
         crate::device::check_quantized_kernels(&opts.device)?;
     }

@@ -4,7 +4,7 @@
 
 use crate::common::model_path;
 use qwen_engine::prefix_cache::PrefixCacheLimits;
-use qwen_engine::{Engine, EngineOptions, Usage};
+use qwen_engine::{AssistantMessage, Engine, EngineOptions, Usage};
 use serde_json::{json, Value};
 
 fn engine(slots: usize) -> Engine {
@@ -23,15 +23,20 @@ fn system(who: &str) -> Value {
     json!({ "role": "system", "content": rules })
 }
 
-/// Sends `messages`, appends the answer to them, and returns the usage.
-fn turn(engine: &Engine, messages: &mut Vec<Value>, question: &str) -> Usage {
-    messages.push(json!({ "role": "user", "content": question }));
-    let body = json!({ "messages": messages, "temperature": 0, "max_tokens": 8 });
+fn answer(engine: &Engine, body: Value) -> (AssistantMessage, Usage) {
     let (message, _, usage) = engine
         .submit_json(&body)
         .unwrap()
         .blocking_answer()
         .unwrap();
+    (message, usage)
+}
+
+/// Sends `messages`, appends the answer to them, and returns the usage.
+fn turn(engine: &Engine, messages: &mut Vec<Value>, question: &str) -> Usage {
+    messages.push(json!({ "role": "user", "content": question }));
+    let body = json!({ "messages": messages, "temperature": 0, "max_tokens": 8 });
+    let (message, usage) = answer(engine, body);
     messages.push(json!({ "role": "assistant", "content": message.content }));
     usage
 }
@@ -70,21 +75,11 @@ fn with_one_slot_conversations_evict_each_other() {
 #[test]
 fn the_repeat_guards_tool_less_redo_keeps_the_tool_prompt_cached() {
     let engine = engine(4);
-    let call = json!({"id": "call_1", "type": "function", "function": {
-        "name": "get_weather", "arguments": "{\"location\": \"Lisbon\", \"unit\": \"celsius\"}"}});
-    let mut messages = vec![
-        json!({"role": "user", "content": "What's the weather in Lisbon in celsius?"}),
-        json!({"role": "assistant", "content": null, "tool_calls": [call]}),
-        json!({"role": "tool", "tool_call_id": "call_1", "content": "{\"temperature\": 23, \"unit\": \"celsius\", \"condition\": \"sunny\"}"}),
-    ];
+    let mut messages = crate::tools::lisbon_weather_turn();
     let tools = json!([crate::tools::weather_tool()]);
     // The 0.5B model repeats the call; the guard redoes the answer on the prompt without tools.
     let body = json!({ "messages": messages, "tools": tools, "temperature": 0, "max_tokens": 60 });
-    let (message, _, redone) = engine
-        .submit_json(&body)
-        .unwrap()
-        .blocking_answer()
-        .unwrap();
+    let (message, redone) = answer(&engine, body);
     assert!(
         message.tool_calls.is_empty() && message.content.contains("23"),
         "{message:?}"
@@ -93,11 +88,7 @@ fn the_repeat_guards_tool_less_redo_keeps_the_tool_prompt_cached() {
     messages.push(json!({ "role": "assistant", "content": message.content }));
     messages.push(json!({ "role": "user", "content": "And in Porto?" }));
     let body = json!({ "messages": messages, "tools": tools, "temperature": 0, "max_tokens": 4 });
-    let (_, _, next) = engine
-        .submit_json(&body)
-        .unwrap()
-        .blocking_answer()
-        .unwrap();
+    let (_, next) = answer(&engine, body);
     assert!(
         next.prompt_tokens_details.cached_tokens > redone.prompt_tokens,
         "{next:?} after {redone:?}"

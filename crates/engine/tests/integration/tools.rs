@@ -98,15 +98,20 @@ fn json_schema_answer_validates() {
     assert_eq!(validate(&value, &schema), Ok(()), "{value}");
 }
 
-#[test]
-fn a_call_repeated_after_its_result_becomes_a_text_answer() {
+/// A question, its get_weather call and the result (23 °C): the model's next answer should use it.
+pub(crate) fn lisbon_weather_turn() -> Vec<Value> {
     let call = json!({"id": "call_1", "type": "function", "function": {
         "name": "get_weather", "arguments": "{\"location\": \"Lisbon\", \"unit\": \"celsius\"}"}});
-    let turn = [
+    vec![
         json!({"role": "user", "content": "What's the weather in Lisbon in celsius?"}),
         json!({"role": "assistant", "content": null, "tool_calls": [call]}),
         json!({"role": "tool", "tool_call_id": "call_1", "content": "{\"temperature\": 23, \"unit\": \"celsius\", \"condition\": \"sunny\"}"}),
-    ];
+    ]
+}
+
+#[test]
+fn a_call_repeated_after_its_result_becomes_a_text_answer() {
+    let turn = lisbon_weather_turn();
     let system = json!({"role": "system", "content": "You are a helpful assistant. When a tool result arrives, answer the user's question in one sentence using it."});
     // Left alone, the 0.5B model calls get_weather again; the guard makes it answer, on the
     // prompt without the tools, with or without a system prompt asking for an answer.
