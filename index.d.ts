@@ -43,6 +43,17 @@ export interface LoadModelOptions {
   /** Requests allowed to wait; more are rejected with ERR_OVERLOADED. Default 64. */
   maxQueue?: number
   /**
+   * Requests served at once: their next tokens are computed in one batched forward pass (each
+   * weight read once for all of them). More wait in the queue, in order. Default 8.
+   */
+  maxBatch?: number
+  /**
+   * Prompt tokens computed per step, over all requests still reading their prompts, between the
+   * other requests' tokens: a long prompt delays everyone else's next token by one such chunk at
+   * most. Default: 64 on the CPU, 512 on a GPU.
+   */
+  prefillChunk?: number
+  /**
    * Finished requests whose KV caches are kept, so a prompt that begins like one of them (same
    * system prompt and tools, the next turn of a conversation) computes only what differs. Default 4.
    */
@@ -218,6 +229,30 @@ export interface ModelInfo {
   threads: number
 }
 
+/** `model.stats()`: what the engine is doing now, and totals since the model loaded. */
+export interface ModelStats {
+  /** Requests waiting for a place in the batch. */
+  queued: number
+  /** Requests being served (reading their prompts or generating). */
+  running: number
+  /** Sequences in the last forward pass (0 when idle). */
+  batchSize: number
+  maxBatch: number
+  prefillChunk: number
+  /** Tokens generated per second over the last few seconds, all requests together. */
+  tokensPerSecond: number
+  requestsFinished: number
+  /** Requests ended by an error, aborts and disconnects included. */
+  requestsFailed: number
+  generatedTokens: number
+  /** Prompt tokens computed, and prompt tokens whose keys and values came from the prefix cache. */
+  promptTokens: number
+  cachedPromptTokens: number
+  /** Finished requests' KV caches kept for reuse, and the positions they hold. */
+  prefixCacheSequences: number
+  prefixCacheTokens: number
+}
+
 export interface GpuInfo {
   name: string
   /** e.g. '9.0' */
@@ -229,6 +264,7 @@ export interface GpuInfo {
 export declare class Model {
   private constructor()
   readonly info: ModelInfo
+  stats(): ModelStats
   chat(request: ChatCompletionRequest, options?: RequestOptions): Promise<ChatCompletion>
   /** Breaking out of `for await` cancels the generation. */
   chatStream(request: ChatCompletionRequest, options?: RequestOptions): AsyncIterableIterator<ChatCompletionChunk>
@@ -241,6 +277,22 @@ export declare class Model {
 }
 
 export declare function loadModel(options?: LoadModelOptions): Promise<Model>
+
+/**
+ * Folds `chat.completion.chunk`s into the assistant message they spell out (content joined, tool
+ * calls assembled by index), keeping the finish reason and usage.
+ */
+export declare class StreamedMessage {
+  content: string
+  toolCalls: ToolCall[]
+  finishReason: FinishReason | null
+  usage: Usage | null
+  /** Adds one chunk; returns its text delta ('' when it has none). */
+  add(chunk: ChatCompletionChunk): string
+  /** `content` is null when the answer is only tool calls. */
+  message(): { role: 'assistant'; content: string | null; tool_calls?: ToolCall[] }
+  static from(chunks: Iterable<ChatCompletionChunk>): StreamedMessage
+}
 
 /** Where the default model lives inside the package (`npm run fetch-model` puts it there). */
 export declare const DEFAULT_MODEL_PATH: string

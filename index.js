@@ -173,6 +173,19 @@ class Model {
     return this.#native.info
   }
 
+  /**
+   * What the engine is doing now (queued and running requests, the last step's batch size, tokens
+   * per second over the last few seconds) and totals since load (requests, generated, prompt and
+   * cached prompt tokens).
+   */
+  stats() {
+    try {
+      return this.#native.stats()
+    } catch (err) {
+      throw toError(err)
+    }
+  }
+
   /** An OpenAI Chat Completions request in, a `chat.completion` object out. */
   async chat(request, options) {
     const signal = checkSignal(options)
@@ -230,7 +243,49 @@ class Model {
   }
 }
 
-const LOAD_OPTIONS = new Set(['modelPath', 'device', 'dtype', 'contextLength', 'threads', 'maxQueue', 'prefixCacheSlots', 'prefixCacheTokens', 'onProgress'])
+/**
+ * Folds `chat.completion.chunk`s into the assistant message they spell out, as OpenAI clients do:
+ * content deltas joined, tool calls assembled by `index`, the finish reason and usage kept.
+ */
+class StreamedMessage {
+  content = ''
+  toolCalls = []
+  finishReason = null
+  usage = null
+
+  /** Adds one chunk; returns its text delta ('' when it has none). */
+  add(chunk) {
+    if (chunk.usage) this.usage = chunk.usage
+    const choice = chunk.choices?.[0]
+    if (!choice) return ''
+    if (choice.finish_reason) this.finishReason = choice.finish_reason
+    for (const d of choice.delta?.tool_calls ?? []) {
+      this.toolCalls[d.index] ??= { id: d.id, type: 'function', function: { name: d.function?.name, arguments: '' } }
+      this.toolCalls[d.index].function.arguments += d.function?.arguments ?? ''
+    }
+    const text = choice.delta?.content ?? ''
+    this.content += text
+    return text
+  }
+
+  /** The assistant message, OpenAI-shaped: `content` is null when the answer is only tool calls. */
+  message() {
+    const calls = this.toolCalls.filter(Boolean)
+    if (calls.length === 0) return { role: 'assistant', content: this.content }
+    return { role: 'assistant', content: this.content === '' ? null : this.content, tool_calls: calls }
+  }
+
+  /** A whole stream's chunks, folded. */
+  static from(chunks) {
+    const folded = new StreamedMessage()
+    for (const chunk of chunks) folded.add(chunk)
+    return folded
+  }
+}
+
+// Options that take a positive integer.
+const COUNT_OPTIONS = ['contextLength', 'threads', 'maxQueue', 'maxBatch', 'prefillChunk', 'prefixCacheSlots', 'prefixCacheTokens']
+const LOAD_OPTIONS = new Set(['modelPath', 'device', 'dtype', ...COUNT_OPTIONS, 'onProgress'])
 
 /** Loads a Qwen2.5 model (GGUF file or Hugging Face directory) on engine threads. */
 async function loadModel(options = {}) {
@@ -238,16 +293,19 @@ async function loadModel(options = {}) {
   for (const key of Object.keys(options)) {
     if (!LOAD_OPTIONS.has(key)) throw codedError('ERR_INVALID_REQUEST', `unknown option "${key}"; known: ${[...LOAD_OPTIONS].join(', ')}`)
   }
-  const { modelPath, device, dtype, contextLength, threads, maxQueue, prefixCacheSlots, prefixCacheTokens, onProgress } = options
+  const { modelPath, device, dtype, onProgress } = options
   if (modelPath != null && typeof modelPath !== 'string') throw codedError('ERR_INVALID_REQUEST', 'modelPath must be a string')
   if (onProgress != null && typeof onProgress !== 'function') throw codedError('ERR_INVALID_REQUEST', 'onProgress must be a function')
-  for (const [name, value] of Object.entries({ contextLength, threads, maxQueue, prefixCacheSlots, prefixCacheTokens })) {
-    if (value != null && !(Number.isInteger(value) && value > 0)) throw codedError('ERR_INVALID_REQUEST', `${name} must be a positive integer`)
+  const counts = {}
+  for (const name of COUNT_OPTIONS) {
+    const value = options[name]
+    if (value != null && !(Number.isInteger(value) && value > 0 && value < 2 ** 32)) throw codedError('ERR_INVALID_REQUEST', `${name} must be a positive integer`)
+    counts[name] = value
   }
   const resolved = path.resolve(modelPath ?? process.env.MODEL_PATH ?? DEFAULT_MODEL_PATH)
   try {
     const nativeModel = await native.loadNativeModel(
-      { modelPath: resolved, device, dtype, contextLength, threads, maxQueue, prefixCacheSlots, prefixCacheTokens },
+      { modelPath: resolved, device, dtype, ...counts },
       onProgress ? (p) => onProgress(p) : undefined,
     )
     return new Model(nativeModel)
@@ -256,4 +314,4 @@ async function loadModel(options = {}) {
   }
 }
 
-module.exports = { loadModel, Model, DEFAULT_MODEL_PATH }
+module.exports = { loadModel, Model, StreamedMessage, DEFAULT_MODEL_PATH }

@@ -1,6 +1,6 @@
 // Shared by the test files: the real default model, loaded once per test file (process).
 import { spawn } from 'node:child_process'
-import { loadModel } from '../index.js'
+import { loadModel, StreamedMessage } from '../index.js'
 
 let shared
 /** The default model (fetched by `npm test`'s pretest step), loaded once per file. */
@@ -20,7 +20,7 @@ export async function collect(stream) {
 
 /** The text a stream's content deltas add up to. */
 export function streamedText(chunks) {
-  return chunks.map((c) => c.choices[0]?.delta?.content ?? '').join('')
+  return StreamedMessage.from(chunks).content
 }
 
 /** Asserts `promise` rejects with an Error carrying `code`; returns the error. */
@@ -35,14 +35,7 @@ export async function rejectsWithCode(assert, promise, code) {
 
 /** The tool calls a stream's `delta.tool_calls` pieces add up to, OpenAI-style (by index). */
 export function streamedToolCalls(chunks) {
-  const calls = []
-  for (const c of chunks) {
-    for (const d of c.choices[0]?.delta?.tool_calls ?? []) {
-      if (d.id) calls[d.index] = { id: d.id, type: d.type, function: { name: d.function.name, arguments: '' } }
-      calls[d.index].function.arguments += d.function.arguments ?? ''
-    }
-  }
-  return calls
+  return StreamedMessage.from(chunks).toolCalls
 }
 
 /** The get_weather tool of the function-calling tests. */
@@ -98,24 +91,30 @@ export async function startServer(env = {}) {
   }
 }
 
-/** Reads a Server-Sent Events response to its end: `[{ event, data }]`, data parsed when JSON. */
+/**
+ * Reads a Server-Sent Events response to its end: `[{ event, data }]`, data parsed when JSON.
+ * Comment lines (heartbeats) are not events; the array's `comments` counts them.
+ */
 export async function readEvents(response) {
   const text = await response.text()
-  return text
-    .split('\n\n')
-    .filter((block) => block.trim() !== '')
-    .map((block) => {
-      let event = 'message'
-      const data = []
-      for (const line of block.split('\n')) {
-        if (line.startsWith('event:')) event = line.slice(6).trim()
-        else if (line.startsWith('data:')) data.push(line.slice(5).trimStart())
-      }
-      const joined = data.join('\n')
-      try {
-        return { event, data: JSON.parse(joined) }
-      } catch {
-        return { event, data: joined }
-      }
-    })
+  const blocks = text.split('\n\n').filter((block) => block.trim() !== '')
+  const events = []
+  let comments = 0
+  for (const block of blocks) {
+    let event = 'message'
+    const data = []
+    for (const line of block.split('\n')) {
+      if (line.startsWith(':')) comments++
+      else if (line.startsWith('event:')) event = line.slice(6).trim()
+      else if (line.startsWith('data:')) data.push(line.slice(5).trimStart())
+    }
+    if (data.length === 0) continue
+    const joined = data.join('\n')
+    try {
+      events.push({ event, data: JSON.parse(joined) })
+    } catch {
+      events.push({ event, data: joined })
+    }
+  }
+  return Object.assign(events, { comments })
 }

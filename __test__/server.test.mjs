@@ -10,7 +10,8 @@ let server
 let openai
 
 before(async () => {
-  server = await startServer()
+  // Heartbeats every 200 ms, so a prompt being read shows them.
+  server = await startServer({ HEARTBEAT_MS: '200' })
   openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 })
 })
 
@@ -26,6 +27,8 @@ test('GET /health and GET /v1/models describe the loaded model', async () => {
   assert.equal(health.status, 'ok')
   assert.equal(health.model.architecture, 'qwen2')
   assert.deepEqual(health.requests, { active: 0 })
+  assert.equal(health.engine.running, 0)
+  assert.equal(health.engine.maxBatch, 8)
   assert.ok(health.tools.includes('calculate'))
   const models = await openai.models.list()
   assert.deepEqual(models.data.map((m) => m.id), [health.model.name])
@@ -180,4 +183,105 @@ test('concurrent requests are all answered, each with its own answer', async () 
   assert.match(france.choices[0].message.content, /Paris/)
   assert.match(italy.choices[0].message.content, /Rome/)
   assert.match(agent.at(-1).data.message.content, /Tokyo/)
+})
+
+test('GET /metrics: Prometheus text with the engine counters', async () => {
+  await openai.chat.completions.create({ messages: [{ role: 'user', content: 'Say hi.' }], temperature: 0, max_tokens: 4 })
+  const res = await fetch(`${server.url}/metrics`)
+  assert.equal(res.status, 200)
+  assert.match(res.headers.get('content-type'), /^text\/plain/)
+  const text = await res.text()
+  const value = (name) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1])
+  assert.equal(value('qwen_native_requests_running'), 0)
+  assert.equal(value('qwen_native_max_batch'), 8)
+  assert.ok(value('qwen_native_generated_tokens_total') >= 1, text)
+  assert.ok(value('qwen_native_requests_finished_total') >= 1, text)
+  assert.ok(value('process_resident_memory_bytes') > 0)
+})
+
+test('a stream whose prompt is still being read gets SSE heartbeats, then its answer', async () => {
+  // A long prompt seen for the first time: it takes seconds to read on a CPU.
+  const long = Array.from({ length: 60 }, (_, i) => `Line ${i}: the heartbeat keeps the stream open.`).join('\n')
+  const res = await post('/v1/chat/completions', { messages: [{ role: 'user', content: `${long}\nHow many lines are there?` }], temperature: 0, max_tokens: 8, stream: true })
+  const events = await readEvents(res)
+  assert.ok(events.comments >= 1, 'no keep-alive comment arrived while the prompt was read')
+  assert.equal(events.at(-1).data, '[DONE]')
+})
+
+/** One round of 16 concurrent mixed requests; asserts each ends as it should with its own answer. */
+async function mixedRound() {
+  const CAPITALS = { France: 'Paris', Italy: 'Rome', Japan: 'Tokyo', Germany: 'Berlin', Spain: 'Madrid', Egypt: 'Cairo', Russia: 'Moscow', Greece: 'Athens' }
+  const question = (country) => [{ role: 'user', content: `What is the capital of ${country}? Answer in one word.` }]
+  const countries = Object.keys(CAPITALS)
+  const ownAnswer = (country, text) => {
+    assert.match(text, new RegExp(CAPITALS[country]), `${country}: ${text}`)
+    for (const [other, capital] of Object.entries(CAPITALS)) {
+      if (other !== country) assert.doesNotMatch(text, new RegExp(capital), `${country}'s answer names ${capital}: ${text}`)
+    }
+  }
+  const plain = countries.slice(0, 4).map(async (country) => {
+    const res = await openai.chat.completions.create({ messages: question(country), temperature: 0, max_tokens: 12 })
+    ownAnswer(country, res.choices[0].message.content)
+  })
+  const streamed = countries.slice(4).map(async (country) => {
+    const chunks = await collect(await openai.chat.completions.create({ messages: question(country), temperature: 0, max_tokens: 12, stream: true }))
+    ownAnswer(country, streamedText(chunks))
+  })
+  const toolCalls = [0, 1].map(async () => {
+    const res = await openai.chat.completions.create({ messages: LISBON, tools: [WEATHER_TOOL], temperature: 0, max_tokens: 80 })
+    assert.deepEqual(JSON.parse(res.choices[0].message.tool_calls[0].function.arguments), { location: 'Lisbon', unit: 'celsius' })
+  })
+  const schema = { type: 'object', properties: { city: { type: 'string' }, country: { type: 'string' } }, required: ['city', 'country'], additionalProperties: false }
+  const structured = [0, 1].map(async () => {
+    const res = await openai.chat.completions.create({ messages: question('France'), response_format: { type: 'json_schema', json_schema: { name: 'capital', schema } }, temperature: 0, max_tokens: 40 })
+    assert.match(JSON.parse(res.choices[0].message.content).city, /Paris/)
+  })
+  const aborted = [0, 1].map(async () => {
+    const controller = new AbortController()
+    const stream = await openai.chat.completions.create({ messages: [{ role: 'user', content: 'Count from 1 to 500.' }], max_tokens: 400, stream: true }, { signal: controller.signal })
+    let finished = false
+    try {
+      for await (const chunk of stream) {
+        if (chunk.choices[0]?.delta?.content) controller.abort()
+        if (chunk.choices[0]?.finish_reason) finished = true
+      }
+    } catch (err) {
+      if (err.name !== 'APIUserAbortError' && err.name !== 'AbortError') throw err
+    }
+    assert.equal(finished, false, 'an aborted stream does not run to its end')
+  })
+  const disconnected = [0, 1].map(async () => {
+    const controller = new AbortController()
+    const res = await fetch(`${server.url}/api/agent/chat`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ messages: [{ role: 'user', content: 'Write a long story about a dragon.' }], max_tokens: 400 }),
+      signal: controller.signal,
+    })
+    // Read one piece of the stream, then hang up.
+    await res.body.getReader().read()
+    controller.abort()
+  })
+  const results = await Promise.allSettled([...plain, ...streamed, ...toolCalls, ...structured, ...aborted, ...disconnected])
+  const failures = results.filter((r) => r.status === 'rejected').map((r) => r.reason)
+  assert.deepEqual(failures, [])
+  // Every request has left the engine: nothing queued or running.
+  for (let i = 0; i < 600; i++) {
+    const { engine } = await (await fetch(`${server.url}/health`)).json()
+    if (engine.running === 0 && engine.queued === 0) return engine
+    await new Promise((r) => setTimeout(r, 50))
+  }
+  assert.fail('the engine did not return to idle')
+}
+
+const residentBytes = async () => Number(/^process_resident_memory_bytes (\S+)$/m.exec(await (await fetch(`${server.url}/metrics`)).text())[1])
+
+test('16 concurrent mixed requests (streams, tools, json_schema, aborts, disconnects) each end with their own answer; memory is steady', async () => {
+  const first = await mixedRound()
+  assert.ok(first.requestsFailed >= 4, JSON.stringify(first)) // the two aborts and the two disconnects
+  const afterFirst = await residentBytes()
+  await mixedRound()
+  const afterSecond = await residentBytes()
+  // A second identical round allocates nothing that stays: at most allocator noise on top.
+  assert.ok(afterSecond < afterFirst + 64 * 2 ** 20, `RSS ${afterFirst / 2 ** 20} MiB -> ${afterSecond / 2 ** 20} MiB`)
 })

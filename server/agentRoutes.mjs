@@ -1,10 +1,12 @@
 // The agent's HTTP routes, as an Express Router over a loaded qwen-native model and a tool registry:
 //   POST /api/agent/chat        the agent loop (model -> tools -> model ...) streamed as Server-Sent Events
 //   POST /v1/chat/completions   OpenAI-compatible (JSON, or SSE ending in `data: [DONE]`); tools pass through
-//   GET  /v1/models, /v1/models/:id, /health
+//   GET  /v1/models, /v1/models/:id, /health (model, tools, engine stats), /metrics (Prometheus text)
 // Errors are OpenAI-shaped bodies ({ error: { message, type, param, code } }) with a 4xx/5xx status, or an
 // `error` event once a stream has started. A client that disconnects aborts its generation.
 import express from 'express'
+import { runAgent, DEFAULT_SYSTEM_PROMPT } from './agent.mjs'
+import { metricsHandler } from './metrics.mjs'
 
 /** HTTP status for each qwen-native error code; anything else is a 500. */
 const STATUS = {
@@ -16,19 +18,19 @@ const STATUS = {
   ERR_CLOSED: 503,
 }
 
-const DEFAULT_SYSTEM_PROMPT =
-  'You are a helpful assistant. Use a tool when the question needs one. ' +
-  "When tool results arrive, answer the user's question in plain sentences using them."
-
 /**
  * @param {import('qwen-native').Model} model a loaded model (`await loadModel()`)
  * @param {import('./agentTools.mjs').ToolRegistry} tools the agent's tools
- * @param {{ maxSteps?: number, bodyLimit?: string | number, systemPrompt?: string }} [options]
+ * @param {{ maxSteps?: number, bodyLimit?: string | number, systemPrompt?: string, heartbeatMs?: number }} [options]
  *   maxSteps: model turns per agent request (default 6; the last one may not call tools);
- *   bodyLimit: largest accepted JSON body (default '1mb'); systemPrompt: used when the client sends none.
+ *   bodyLimit: largest accepted JSON body (default '1mb'); systemPrompt: used when the client sends none;
+ *   heartbeatMs: an SSE comment (`: keep-alive`) goes out after this long without an event, so proxies
+ *   and clients keep a stream open while its request waits in the queue or reads a long prompt
+ *   (default 10000; 0: none). Once one has gone out, a later error arrives as an `error` event.
  */
-export function createAgentRouter(model, tools, { maxSteps = 6, bodyLimit = '1mb', systemPrompt = DEFAULT_SYSTEM_PROMPT } = {}) {
+export function createAgentRouter(model, tools, { maxSteps = 6, bodyLimit = '1mb', systemPrompt = DEFAULT_SYSTEM_PROMPT, heartbeatMs = 10_000 } = {}) {
   if (!Number.isInteger(maxSteps) || maxSteps < 1) throw new TypeError('maxSteps must be a positive integer')
+  if (!(heartbeatMs >= 0)) throw new TypeError('heartbeatMs must be a number of milliseconds (0: none)')
   const router = express.Router()
   const created = Math.floor(Date.now() / 1000)
   let active = 0 // generations running or queued on behalf of this router's clients
@@ -52,8 +54,9 @@ export function createAgentRouter(model, tools, { maxSteps = 6, bodyLimit = '1mb
   router.use(express.json({ limit: bodyLimit }))
 
   router.get('/health', (req, res) => {
-    res.json({ status: 'ok', model: model.info, tools: tools.names, requests: { active } })
+    res.json({ status: 'ok', model: model.info, tools: tools.names, requests: { active }, engine: model.stats() })
   })
+  router.get('/metrics', metricsHandler(model, () => active))
 
   const modelEntry = () => ({ id: model.info.name, object: 'model', created, owned_by: 'qwen-native' })
   router.get('/v1/models', (req, res) => res.json({ object: 'list', data: [modelEntry()] }))
@@ -66,7 +69,7 @@ export function createAgentRouter(model, tools, { maxSteps = 6, bodyLimit = '1mb
     serve(res, async (signal) => {
       const body = requireObject(req.body)
       if (!body.stream) return res.json(await model.chat(body, { signal }))
-      const sse = new EventStream(res)
+      const sse = new EventStream(res, heartbeatMs)
       for await (const chunk of model.chatStream(body, { signal })) await sse.send(chunk)
       await sse.done()
     }),
@@ -75,46 +78,11 @@ export function createAgentRouter(model, tools, { maxSteps = 6, bodyLimit = '1mb
   router.post('/api/agent/chat', (req, res) =>
     serve(res, async (signal) => {
       const { messages, options } = agentRequest(req.body)
-      const sse = new EventStream(res)
-      const conversation = messages.some((m) => m?.role === 'system' || m?.role === 'developer')
-        ? [...messages]
-        : [{ role: 'system', content: systemPrompt }, ...messages]
-      const added = [] // the messages this request adds to the conversation, for the client to keep
-      const usage = { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0, prompt_tokens_details: { cached_tokens: 0 } }
-      for (let step = 1; ; step++) {
-        // The last step may not call tools, so the loop always ends with an answer.
-        const toolChoice = step === maxSteps ? 'none' : 'auto'
-        const request = { ...options, messages: conversation, tools: tools.definitions, tool_choice: toolChoice, stream_options: { include_usage: true } }
-        const turn = new AssistantTurn()
-        for await (const chunk of model.chatStream(request, { signal })) {
-          if (chunk.usage) addUsage(usage, chunk.usage)
-          const delta = turn.add(chunk)
-          if (delta) await sse.event('delta', { content: delta })
-        }
-        const message = turn.message()
-        added.push(message)
-        conversation.push(message)
-        if (!message.tool_calls) {
-          await sse.event('final', { message, finish_reason: turn.finishReason, usage, steps: step, messages: added })
-          return sse.end()
-        }
-        for (const call of message.tool_calls) {
-          await sse.event('tool_call', { id: call.id, name: call.function.name, arguments: parseArguments(call.function.arguments) })
-        }
-        // The calls of one turn run in parallel; each result is reported as soon as it is ready.
-        const results = await Promise.all(
-          message.tool_calls.map(async (call) => {
-            const started = performance.now()
-            const outcome = await tools.run(call, { signal })
-            const ms = Math.round(performance.now() - started)
-            await sse.event('tool_result', { id: call.id, name: call.function.name, ok: outcome.ok, ...(outcome.ok ? { result: outcome.result } : { error: outcome.error }), ms })
-            return { role: 'tool', tool_call_id: call.id, content: outcome.content }
-          }),
-        )
-        if (signal.aborted) return
-        added.push(...results)
-        conversation.push(...results)
+      const sse = new EventStream(res, heartbeatMs)
+      for await (const { type, ...data } of runAgent(model, tools, { messages, options, maxSteps, systemPrompt, signal })) {
+        await sse.event(type, data)
       }
+      sse.end()
     }),
   )
 
@@ -145,39 +113,22 @@ function requireObject(body) {
   return body
 }
 
-/** Collects one streamed assistant turn: its text, its tool calls (by index) and its finish reason. */
-class AssistantTurn {
-  #content = ''
-  #calls = []
-  finishReason = null
-
-  /** Adds a chunk; returns its text delta, if any. */
-  add(chunk) {
-    const choice = chunk.choices[0]
-    if (!choice) return ''
-    if (choice.finish_reason) this.finishReason = choice.finish_reason
-    for (const d of choice.delta.tool_calls ?? []) {
-      this.#calls[d.index] ??= { id: d.id, type: 'function', function: { name: d.function.name, arguments: '' } }
-      this.#calls[d.index].function.arguments += d.function.arguments ?? ''
-    }
-    const text = choice.delta.content ?? ''
-    this.#content += text
-    return text
-  }
-
-  message() {
-    const calls = this.#calls.filter(Boolean)
-    if (calls.length === 0) return { role: 'assistant', content: this.#content }
-    return { role: 'assistant', content: this.#content === '' ? null : this.#content, tool_calls: calls }
-  }
-}
-
 /** A Server-Sent Events response. Headers go out with the first event, so an error before it is still a plain 4xx. */
 class EventStream {
   #res
+  #heartbeat = null
+  #wrote = false
 
-  constructor(res) {
+  /** `heartbeatMs`: a comment line is sent when no event went out for that long (0: never). */
+  constructor(res, heartbeatMs = 0) {
     this.#res = res
+    if (heartbeatMs > 0) {
+      this.#heartbeat = setInterval(() => {
+        if (!this.#wrote) this.#write(': keep-alive\n\n').catch(() => {})
+        this.#wrote = false
+      }, heartbeatMs).unref()
+      res.once('close', () => clearInterval(this.#heartbeat))
+    }
   }
 
   /** An unnamed `data:` event, as OpenAI streams use. */
@@ -197,10 +148,12 @@ class EventStream {
   }
 
   end() {
+    clearInterval(this.#heartbeat)
     if (!this.#res.destroyed) this.#res.end()
   }
 
   async #write(text) {
+    this.#wrote = true
     const res = this.#res
     if (res.destroyed) return
     if (!res.headersSent) {
@@ -216,22 +169,6 @@ class EventStream {
         res.on('drain', resume).on('close', resume)
       })
     }
-  }
-}
-
-function addUsage(total, usage) {
-  total.prompt_tokens += usage.prompt_tokens
-  total.completion_tokens += usage.completion_tokens
-  total.total_tokens += usage.total_tokens
-  total.prompt_tokens_details.cached_tokens += usage.prompt_tokens_details?.cached_tokens ?? 0
-}
-
-/** Tool-call arguments as an object for display; text that is not JSON stays text. */
-function parseArguments(text) {
-  try {
-    return JSON.parse(text)
-  } catch {
-    return text
   }
 }
 

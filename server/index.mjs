@@ -1,6 +1,6 @@
 // The example agent server: Express + qwen-native, no Python and no second backend.
 //   npm start                          the default model on http://localhost:3000
-//   MODEL_PATH=... PORT=... SANDBOX_DIR=... npm start
+//   MODEL_PATH=... PORT=... SANDBOX_DIR=... HEARTBEAT_MS=... npm start
 // It loads the model once, mounts the agent routes (agentRoutes.mjs) with the example tools
 // (agentTools.mjs), and serves the chat page in public/.
 import express from 'express'
@@ -13,6 +13,7 @@ import { createDefaultTools } from './agentTools.mjs'
 const here = path.dirname(fileURLToPath(import.meta.url))
 const port = Number(process.env.PORT ?? 3000)
 const sandboxDir = path.resolve(process.env.SANDBOX_DIR ?? path.join(here, 'sandbox'))
+const heartbeatMs = process.env.HEARTBEAT_MS === undefined ? undefined : Number(process.env.HEARTBEAT_MS)
 
 let shown = -1
 const model = await loadModel({
@@ -31,7 +32,7 @@ console.log(`loaded ${name} (${quantization}, ${device}, context ${contextLength
 const app = express()
 app.disable('x-powered-by')
 app.use(express.static(path.join(here, 'public')))
-app.use(createAgentRouter(model, createDefaultTools({ sandboxDir })))
+app.use(createAgentRouter(model, createDefaultTools({ sandboxDir }), { heartbeatMs }))
 
 const server = app.listen(port, (err) => {
   if (err) {

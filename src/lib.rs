@@ -21,6 +21,8 @@ pub struct NativeLoadOptions {
     pub max_queue: Option<u32>,
     pub prefix_cache_slots: Option<u32>,
     pub prefix_cache_tokens: Option<u32>,
+    pub max_batch: Option<u32>,
+    pub prefill_chunk: Option<u32>,
 }
 
 #[napi(object)]
@@ -56,6 +58,10 @@ pub async fn load_native_model(
     if let Some(n) = options.prefix_cache_tokens {
         opts.prefix_cache.tokens = n as usize;
     }
+    if let Some(n) = options.max_batch {
+        opts.max_batch = n as usize;
+    }
+    opts.prefill_chunk = options.prefill_chunk.map(|n| n as usize);
     let engine = napi::tokio::task::spawn_blocking(move || {
         guard(|| {
             let mut last_percent = u64::MAX;

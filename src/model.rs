@@ -94,6 +94,12 @@ impl NativeModel {
         serde_json::to_value(self.engine.info()).map_err(invalid)
     }
 
+    /// Queue, batch and token counters, as of now.
+    #[napi(ts_return_type = "object")]
+    pub fn stats(&self) -> napi::Result<serde_json::Value> {
+        serde_json::to_value(self.engine.stats()).map_err(invalid)
+    }
+
     /// Ends running and queued requests with ERR_CLOSED and frees the weights.
     #[napi]
     pub async fn close(&self) -> napi::Result<()> {

@@ -1,24 +1,24 @@
-//! The engine: one worker thread owns the model and runs queued requests; each request gets its
-//! own event channel and cancel flag, and a dropped receiver cancels it.
+//! The engine: the callers' side of one loaded model. Requests are validated here and queued to
+//! the engine thread's [`Scheduler`], which owns the model; each request gets its own event
+//! channel and cancel flag, and a dropped receiver cancels it.
 
 use crate::device::{self, DeviceRequest};
-use crate::error::{panic_text, EngineError, Result};
-use crate::generate::{generate, needs_grammar, Event, GenerationParams};
-use crate::grammar::GrammarCompiler;
+use crate::error::{EngineError, Result};
+use crate::event::{Event, FinishReason, Usage};
 use crate::loader::{self, LoadOptions, LoadedModel, ModelInfo, ProgressFn};
-use crate::prefix_cache::{PrefixCache, PrefixCacheLimits};
+use crate::prefix_cache::PrefixCacheLimits;
 use crate::request::ChatRequest;
-use crate::response::{AssistantMessage, FinishReason, ResponseMeta, Usage};
+use crate::response::{AssistantMessage, ChunkShaper, ResponseMeta};
 use crate::sampling::SamplingParams;
+use crate::scheduler::{BatchLimits, Job, Scheduler, Shared, Stats};
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
 use candle_core::{DType, Device};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 /// How to load a model, as the caller states it.
 #[derive(Debug, Clone)]
@@ -35,6 +35,10 @@ pub struct EngineOptions {
     pub max_queue: usize,
     /// Finished requests' KV caches kept for prefix reuse: how many, and how many positions in all.
     pub prefix_cache: PrefixCacheLimits,
+    /// Requests decoded together in one batched forward; more wait in the queue.
+    pub max_batch: usize,
+    /// Prompt tokens run per step (see [`BatchLimits`]); by default sized for the device.
+    pub prefill_chunk: Option<usize>,
 }
 
 impl EngineOptions {
@@ -50,6 +54,8 @@ impl EngineOptions {
                 slots: 4,
                 tokens: 16_384,
             },
+            max_batch: 8,
+            prefill_chunk: None,
         }
     }
 }
@@ -76,26 +82,12 @@ fn apply_threads(threads: Option<usize>) {
     }
 }
 
-struct Job {
-    request: ChatRequest,
-    cancel: Arc<AtomicBool>,
-    events: UnboundedSender<Result<Event>>,
-}
-
-/// State shared by the caller side and the worker.
-struct Shared {
-    tokenizer: Arc<Tokenizer>,
-    template: Arc<ChatTemplate>,
+pub struct Engine {
+    shared: Arc<Shared>,
     info: ModelInfo,
     device: Device,
     defaults: SamplingParams,
-    closed: AtomicBool,
-    queued: AtomicUsize,
     max_queue: usize,
-}
-
-pub struct Engine {
-    shared: Arc<Shared>,
     queue: Mutex<Option<mpsc::Sender<Job>>>,
     worker: Mutex<Option<JoinHandle<()>>>,
 }
@@ -103,11 +95,9 @@ pub struct Engine {
 /// A running request: its events, in order, end with `Event::Finished` or one error.
 /// Dropping it cancels the request.
 pub struct Generation {
-    pub meta: ResponseMeta,
-    pub include_usage: bool,
+    chunks: ChunkShaper,
     events: UnboundedReceiver<Result<Event>>,
     cancel: Arc<AtomicBool>,
-    started: bool,
     done: bool,
 }
 
@@ -143,28 +133,8 @@ impl Generation {
             }
             None => return None,
         };
-        let mut chunks = Vec::new();
-        if !self.started {
-            self.started = true;
-            chunks.push(self.meta.role_chunk());
-        }
-        match event {
-            Event::Text(t) => chunks.push(self.meta.content_chunk(&t)),
-            Event::ToolCallStart { index, id, name } => {
-                chunks.push(self.meta.tool_call_start_chunk(index, &id, &name))
-            }
-            Event::ToolCallArguments { index, text } => {
-                chunks.push(self.meta.tool_call_arguments_chunk(index, &text))
-            }
-            Event::Finished { reason, usage } => {
-                self.done = true;
-                chunks.push(self.meta.finish_chunk(reason));
-                if self.include_usage {
-                    chunks.push(self.meta.usage_chunk(usage));
-                }
-            }
-        }
-        Some(Ok(chunks))
+        self.done = matches!(event, Event::Finished { .. });
+        Some(Ok(self.chunks.chunks(event)))
     }
 
     /// Waits for the whole answer as one OpenAI `chat.completion` object.
@@ -173,7 +143,7 @@ impl Generation {
         while let Some(event) = self.next().await {
             if let Some((reason, usage)) = message.push(event?) {
                 self.done = true;
-                return Ok(self.meta.completion(&message, reason, usage));
+                return Ok(self.chunks.meta().completion(&message, reason, usage));
             }
         }
         Err(EngineError::Internal(
@@ -218,10 +188,10 @@ impl Engine {
             },
             progress,
         )?;
-        Ok(Self::start(loaded, options.max_queue, options.prefix_cache))
+        Ok(Self::start(loaded, options))
     }
 
-    fn start(loaded: LoadedModel, max_queue: usize, prefix_cache: PrefixCacheLimits) -> Self {
+    fn start(loaded: LoadedModel, options: &EngineOptions) -> Self {
         let LoadedModel {
             model,
             tokenizer,
@@ -230,36 +200,27 @@ impl Engine {
             defaults,
             info,
         } = loaded;
-        let shared = Arc::new(Shared {
-            tokenizer: Arc::new(tokenizer),
-            template: Arc::new(template),
-            info,
-            device: model.device().clone(),
-            defaults,
-            closed: AtomicBool::new(false),
-            queued: AtomicUsize::new(0),
-            max_queue: max_queue.max(1),
-        });
+        let device = model.device().clone();
+        let limits = BatchLimits {
+            max_batch: options.max_batch.max(1),
+            prefill_chunk: options
+                .prefill_chunk
+                .unwrap_or_else(|| BatchLimits::default_prefill_chunk(&device))
+                .max(1),
+        };
+        let shared = Arc::new(Shared::new(tokenizer, template, limits));
         let (tx, rx) = mpsc::channel::<Job>();
-        let worker_shared = shared.clone();
+        let scheduler = Scheduler::new(model, eos, shared.clone(), limits, options.prefix_cache);
         let worker = std::thread::Builder::new()
             .name("qwen-engine".into())
-            .spawn(move || {
-                let mut worker = Worker {
-                    cache: PrefixCache::new(prefix_cache),
-                    model,
-                    eos,
-                    shared: worker_shared,
-                    grammars: None,
-                };
-                while let Ok(job) = rx.recv() {
-                    worker.run(job);
-                    worker.shared.queued.fetch_sub(1, Ordering::SeqCst);
-                }
-            })
+            .spawn(move || scheduler.run(rx))
             .expect("spawning the engine thread");
         Self {
             shared,
+            info,
+            device,
+            defaults,
+            max_queue: options.max_queue.max(1),
             queue: Mutex::new(Some(tx)),
             worker: Mutex::new(Some(worker)),
         }
@@ -267,11 +228,16 @@ impl Engine {
 
     /// What the model is and where it runs; GPU memory is read at each call.
     pub fn info(&self) -> ModelInfo {
-        let mut info = self.shared.info.clone();
+        let mut info = self.info.clone();
         if info.gpu.is_some() {
-            info.gpu = device::gpu_info(&self.shared.device);
+            info.gpu = device::gpu_info(&self.device);
         }
         info
+    }
+
+    /// Queue, batch and token counters, as of now.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -284,7 +250,7 @@ impl Engine {
 
     /// The model's sampling defaults, applied where a request leaves a setting out.
     pub fn defaults(&self) -> &SamplingParams {
-        &self.shared.defaults
+        &self.defaults
     }
 
     pub fn is_closed(&self) -> bool {
@@ -293,7 +259,7 @@ impl Engine {
 
     /// Validates an OpenAI-shaped request body and queues it.
     pub fn submit_json(&self, body: &serde_json::Value) -> Result<Generation> {
-        self.submit(ChatRequest::from_json(body, &self.shared.defaults)?)
+        self.submit(ChatRequest::from_json(body, &self.defaults)?)
     }
 
     pub fn submit(&self, request: ChatRequest) -> Result<Generation> {
@@ -307,10 +273,10 @@ impl Engine {
         let Some(tx) = queue.as_ref() else {
             return Err(EngineError::Closed);
         };
-        if self.shared.queued.load(Ordering::SeqCst) >= self.shared.max_queue {
+        if self.shared.queued.load(Ordering::SeqCst) >= self.max_queue {
             return Err(EngineError::Overloaded(format!(
                 "{} requests are already waiting for this model; retry later or raise maxQueue",
-                self.shared.max_queue
+                self.max_queue
             )));
         }
         let (events_tx, events_rx) = unbounded_channel();
@@ -328,11 +294,9 @@ impl Engine {
             EngineError::Closed
         })?;
         Ok(Generation {
-            meta: ResponseMeta::new(&self.shared.info.name),
-            include_usage,
+            chunks: ChunkShaper::new(ResponseMeta::new(&self.info.name), include_usage),
             events: events_rx,
             cancel,
-            started: false,
             done: false,
         })
     }
@@ -355,141 +319,4 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.close();
     }
-}
-
-/// Renders and tokenizes a request, and fixes how many tokens it may generate.
-pub fn prepare_prompt(
-    tokenizer: &Tokenizer,
-    template: &ChatTemplate,
-    request: &ChatRequest,
-    context_length: usize,
-) -> Result<(Vec<u32>, usize)> {
-    let prompt = render_prompt(tokenizer, template, request, request.tools.as_deref())?;
-    let room = context_length.saturating_sub(prompt.len());
-    match request.max_tokens {
-        Some(max) if max <= room => Ok((prompt, max)),
-        None if room >= 1 => Ok((prompt, room)),
-        requested => Err(EngineError::ContextLength(format!(
-            "this model's context is {context_length} tokens, but the request needs {} ({} in the messages, {} to generate); shorten the conversation{}",
-            prompt.len() + requested.unwrap_or(1),
-            prompt.len(),
-            requested.unwrap_or(1),
-            if requested.is_some() { " or lower max_tokens" } else { "" }
-        ))),
-    }
-}
-
-/// The prompt tokens of `request`'s messages with `tools` in the system prompt.
-fn render_prompt(
-    tokenizer: &Tokenizer,
-    template: &ChatTemplate,
-    request: &ChatRequest,
-    tools: Option<&[serde_json::Value]>,
-) -> Result<Vec<u32>> {
-    let rendered =
-        template.render_marked(&request.messages, tools, true, &tokenizer.control_tokens())?;
-    tokenizer.encode_segments(&rendered.segments())
-}
-
-struct Worker {
-    model: crate::model::Qwen2,
-    eos: Vec<u32>,
-    shared: Arc<Shared>,
-    /// Recent requests' tokens and KV caches: a new prompt reuses the longest common prefix.
-    cache: PrefixCache,
-    /// Built on the first request that needs a grammar.
-    grammars: Option<GrammarCompiler>,
-}
-
-impl Worker {
-    fn run(&mut self, job: Job) {
-        let events = job.events.clone();
-        let outcome =
-            catch_unwind(AssertUnwindSafe(|| self.run_job(&job))).unwrap_or_else(|panic| {
-                // The request's own sequence, maybe half-written, was dropped with the unwind;
-                // the kept ones were not touched.
-                Err(EngineError::Internal(panic_message(&panic)))
-            });
-        if let Err(e) = outcome {
-            let _ = events.send(Err(e));
-        }
-    }
-
-    fn run_job(&mut self, job: &Job) -> Result<()> {
-        let shared = self.shared.clone();
-        let interrupt = || {
-            if shared.closed.load(Ordering::SeqCst) {
-                Some(EngineError::Closed)
-            } else if job.cancel.load(Ordering::Relaxed) || job.events.is_closed() {
-                Some(EngineError::Aborted)
-            } else {
-                None
-            }
-        };
-        if let Some(e) = interrupt() {
-            return Err(e);
-        }
-        let (prompt, max_tokens) = prepare_prompt(
-            &shared.tokenizer,
-            &shared.template,
-            &job.request,
-            self.model.max_positions(),
-        )?;
-        // Calls already answered matter only where a repeat of one is turned into a text answer;
-        // that answer is redone on the prompt without the tools, which a small model otherwise
-        // keeps reaching for. (A guarded request may call, so its prompt holds the tools.)
-        let (answered, text_prompt) = match crate::tools::answered_calls(&job.request.messages) {
-            calls if job.request.tool_settings.guards_repeats() && !calls.is_empty() => {
-                let text_prompt =
-                    render_prompt(&shared.tokenizer, &shared.template, &job.request, None)?;
-                (calls, Some(text_prompt))
-            }
-            _ => (vec![], None),
-        };
-        let params = GenerationParams {
-            max_tokens,
-            sampling: job.request.sampling.clone(),
-            stop: job.request.stop.clone(),
-            eos: self.eos.clone(),
-            tools: job.request.tool_settings.clone(),
-            answered,
-            text_prompt,
-        };
-        if needs_grammar(&params.tools) && self.grammars.is_none() {
-            let end_of_turn = shared
-                .tokenizer
-                .added_token_id("<|im_end|>")
-                .or(self.eos.first().copied())
-                .ok_or_else(|| {
-                    EngineError::Internal("the model has no end-of-turn token".into())
-                })?;
-            self.grammars = Some(GrammarCompiler::new(
-                shared.tokenizer.clone(),
-                self.model.config().vocab_size,
-                end_of_turn,
-            )?);
-        }
-        let mut seq = self.cache.check_out(&self.model, &prompt)?;
-        let result = generate(
-            &self.model,
-            &shared.tokenizer,
-            self.grammars.as_ref(),
-            &mut seq,
-            &mut self.cache,
-            &prompt,
-            &params,
-            &interrupt,
-            &mut |event| job.events.send(Ok(event)).is_ok(),
-        );
-        // Kept whatever the outcome: its tokens and KV cache always agree.
-        self.cache.check_in(seq);
-        result
-    }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    format!(
-        "the engine panicked while serving a request ({}); the model keeps serving",
-        panic_text(panic.as_ref())
-    )
 }

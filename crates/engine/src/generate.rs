@@ -1,24 +1,20 @@
 //! One generation: prefill the prompt, then sample token by token, under a grammar where the
-//! request asks for structure, and turn the tokens into text and tool-call events.
+//! request asks for structure, and turn the tokens into text and tool-call events. A
+//! [`Generator`] is stepped by the scheduler, which owns the model and runs the forward passes.
 
 use crate::detokenize::StreamDecoder;
 use crate::error::{EngineError, Result};
+use crate::event::{Event, FinishReason, Usage};
 use crate::grammar::{self, Constraint, GrammarCompiler};
-use crate::model::Qwen2;
-use crate::prefix_cache::PrefixCache;
-use crate::response::{new_call_id, FinishReason, Usage};
+use crate::response::new_call_id;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::sequence::Sequence;
 use crate::stop::StopMatcher;
 use crate::tokenizer::Tokenizer;
 use crate::tool_parser::{self, classify_opening, Opening, Parsed, ToolCallParser};
 use crate::tools::{ToolChoice, ToolSettings};
-use candle_core::Tensor;
 use serde_json::Value;
 
-/// Prompt tokens per forward pass during prefill: bounds the attention scratch memory and lets
-/// a cancel land between chunks of a long prompt.
-const PREFILL_CHUNK: usize = 512;
 /// KV positions reserved up front for the completion when `max_tokens` is large or unset.
 const INITIAL_COMPLETION_RESERVE: usize = 512;
 /// Tokens an answer's opening may take before it is clearly text or a call written as JSON.
@@ -46,238 +42,321 @@ enum Redo {
     AsText,
 }
 
-/// What a generation reports, in order: text and tool-call pieces, then one `Finished`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    Text(String),
-    /// A tool call begins; `index` counts calls in this answer from 0.
-    ToolCallStart {
-        index: usize,
-        id: String,
-        name: String,
-    },
-    /// More of call `index`'s arguments (JSON text; the pieces concatenate).
-    ToolCallArguments {
-        index: usize,
-        text: String,
-    },
-    Finished {
-        reason: FinishReason,
-        usage: Usage,
-    },
-}
-
 /// Whether a request needs the grammar engine.
 pub fn needs_grammar(tools: &ToolSettings) -> bool {
     tools.constrained && (tools.may_call() || tools.format != crate::tools::ResponseFormat::Text)
 }
 
-/// Runs one generation in `seq`, reusing whatever prefix of `prompt` it already holds; `cache`
-/// supplies another sequence where the answer is redone on a different prompt.
-/// `interrupt` is polled before every forward pass and ends the run with its error (abort,
-/// close); `emit` returns false when nobody listens any more, which ends it too.
-#[allow(clippy::too_many_arguments)]
-pub fn generate(
-    model: &Qwen2,
-    tokenizer: &Tokenizer,
-    grammars: Option<&GrammarCompiler>,
-    seq: &mut Sequence,
-    cache: &mut PrefixCache,
-    prompt: &[u32],
-    params: &GenerationParams,
-    interrupt: &dyn Fn() -> Option<EngineError>,
-    emit: &mut dyn FnMut(Event) -> bool,
-) -> Result<()> {
-    let settings = &params.tools;
-    let compile = |lark: String| -> Result<Constraint> {
-        grammars
-            .ok_or_else(|| EngineError::Internal("the grammar engine is not loaded".into()))?
-            .constraint(&lark)
-    };
-    // Compiled before any model work, so a bad schema fails fast.
-    let mut constraint = grammar::answer_grammar(settings).map(compile).transpose()?;
-    let call_grammar = grammar::tool_call_grammar(settings);
-    let call_constraint = || match &call_grammar {
-        Some(lark) => compile(lark.clone()),
-        None => Err(EngineError::Internal(
-            "no declared tool can be called".into(),
-        )),
-    };
-    let tool_open = tokenizer.added_token_id(tool_parser::OPEN);
-    // A free `auto` answer that opens like a call written as JSON is redone as a real call.
-    let mut watch_opening =
-        constraint.is_none() && call_grammar.is_some() && settings.choice == ToolChoice::Auto;
-    let mut banned: Vec<u32> = if settings.tools.is_empty() || settings.may_call() {
-        vec![]
-    } else {
-        [tool_parser::OPEN, tool_parser::CLOSE]
-            .iter()
-            .filter_map(|t| tokenizer.added_token_id(t))
-            .collect()
-    };
-
-    let mut prompt = prompt;
-    let (mut answer_start, mut cached) = prefill(model, seq, prompt, params.max_tokens, interrupt)?;
-    let mut logits = answer_start.clone();
-
-    let mut sampler = Sampler::new(params.sampling.clone());
-    // Calls right after tool results are held until complete; a repeat starts the answer over.
-    let mut out = Output::new(params, constraint.is_some(), emit);
-    let mut opening: Vec<u32> = Vec::new();
-    // The constraint is a call's (which may end mid-answer), not a JSON answer's.
-    let mut in_call = false;
-    let mut redo = None;
-    // Tokens that may not open a redone text answer, until visible text starts.
-    let mut opening_bans: Vec<u32> = Vec::new();
-    let mut generated = 0;
-    let reason = loop {
-        if let Some(e) = interrupt() {
-            return Err(e);
-        }
-        if let Some(r) = redo.take() {
-            seq.truncate(prompt.len());
-            logits = answer_start.clone();
-            sampler = Sampler::new(params.sampling.clone());
-            generated = 0;
-            opening.clear();
-            in_call = false;
-            watch_opening = false;
-            match r {
-                Redo::AsCall => {
-                    constraint = Some(call_constraint()?);
-                    out.calls_checked();
-                }
-                Redo::AsText => {
-                    if let Some(text_prompt) = &params.text_prompt {
-                        // The prompt with the tools stays cached for the conversation's next
-                        // turn; the tool-less one runs in a sequence of its own, checked out
-                        // after the other is back so it can copy the part they share.
-                        prompt = text_prompt;
-                        cache.check_in(std::mem::replace(seq, Sequence::new(model)));
-                        *seq = cache.check_out(model, prompt)?;
-                        (answer_start, cached) =
-                            prefill(model, seq, prompt, params.max_tokens, interrupt)?;
-                        logits = answer_start.clone();
-                    }
-                    constraint = None;
-                    out.restart_as_text();
-                    banned.extend(
-                        [tool_parser::OPEN, tool_parser::CLOSE]
-                            .iter()
-                            .filter_map(|t| tokenizer.added_token_id(t)),
-                    );
-                    opening_bans = punctuation_openings(tokenizer);
-                }
-            }
-        }
-        let mut values = logits.to_vec1::<f32>()?;
-        if let Some(c) = constraint.as_mut() {
-            c.mask(&mut values)?;
-        }
-        for &b in banned.iter().chain(&opening_bans) {
-            values[b as usize] = f32::NEG_INFINITY;
-        }
-        let token = sampler.sample(&mut values);
-        generated += 1;
-        if !tokenizer.token_bytes(token).trim_ascii().is_empty() {
-            opening_bans.clear();
-        }
-        if params.eos.contains(&token) {
-            break FinishReason::Stop;
-        }
-        match constraint.as_mut() {
-            Some(c) => {
-                c.commit(token)?;
-                in_call |= Some(token) == tool_open;
-                if in_call && c.is_complete() && !settings.single_call() {
-                    // One call done: the model is free again to call more, write, or end.
-                    constraint = None;
-                    in_call = false;
-                }
-            }
-            None if Some(token) == tool_open && call_grammar.is_some() => {
-                // The model opened a call: from here on it must be a valid one.
-                let mut c = call_constraint()?;
-                c.commit(token)?;
-                constraint = Some(c);
-                in_call = true;
-                out.calls_checked();
-                watch_opening = false;
-                let held = std::mem::take(&mut opening);
-                if out.tokens(tokenizer, &held)? {
-                    break FinishReason::Stop;
-                }
-            }
-            None => {}
-        }
-        if watch_opening && constraint.is_none() {
-            opening.push(token);
-            match classify_opening(&tokenizer.decode(&opening)) {
-                Opening::ToolCall => {
-                    redo = Some(Redo::AsCall);
-                    continue;
-                }
-                Opening::Undecided
-                    if opening.len() < MAX_UNDECIDED_OPENING && generated < params.max_tokens =>
-                {
-                    logits = seq.forward(model, &[token])?;
-                    continue;
-                }
-                _ => {
-                    watch_opening = false;
-                    let held = std::mem::take(&mut opening);
-                    if out.tokens(tokenizer, &held)? {
-                        break FinishReason::Stop;
-                    }
-                }
-            }
-        } else if out.tokens(tokenizer, &[token])? {
-            break FinishReason::Stop;
-        }
-        if out.repeated {
-            redo = Some(Redo::AsText);
-            continue;
-        }
-        if generated >= params.max_tokens {
-            break FinishReason::Length;
-        }
-        logits = seq.forward(model, &[token])?;
-    };
-    let calls = out.finish()?;
-    let reason = match reason {
-        FinishReason::Stop if calls > 0 => FinishReason::ToolCalls,
-        r => r,
-    };
-    out.send(Event::Finished {
-        reason,
-        usage: Usage::new(prompt.len(), cached, generated),
-    })
+/// What the scheduler does next with a generator's sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Run [`Generator::input`] through the model and call [`Generator::step`] with the result.
+    Forward,
+    /// The answer starts over on another prompt ([`Generator::prompt`]): put the sequence back
+    /// in the prefix cache, check one out for the new prompt and [`Generator::attach`] it.
+    Reprompt,
+    /// `Finished` was emitted.
+    Done,
 }
 
-/// Runs `prompt` through the model, reusing the prefix `seq` already holds; returns the logits
-/// of the first answer token and how many prompt tokens were reused.
-fn prefill(
-    model: &Qwen2,
-    seq: &mut Sequence,
-    prompt: &[u32],
-    max_tokens: usize,
-    interrupt: &dyn Fn() -> Option<EngineError>,
-) -> Result<(Tensor, usize)> {
-    let start = seq.reuse_prefix(prompt);
-    seq.reserve(prompt.len() + max_tokens.min(INITIAL_COMPLETION_RESERVE))?;
-    let mut logits = None;
-    for chunk in prompt[start..].chunks(PREFILL_CHUNK) {
-        if let Some(e) = interrupt() {
-            return Err(e);
-        }
-        logits = Some(seq.forward(model, chunk)?);
+/// What every generator reads while it runs.
+#[derive(Clone, Copy)]
+pub struct Vocab<'a> {
+    pub tokenizer: &'a Tokenizer,
+    /// Present once a request needing a grammar has been admitted.
+    pub grammars: Option<&'a GrammarCompiler>,
+}
+
+impl Vocab<'_> {
+    fn constraint(&self, lark: &str) -> Result<Constraint> {
+        self.grammars
+            .ok_or_else(|| EngineError::Internal("the grammar engine is not loaded".into()))?
+            .constraint(lark)
     }
-    let logits = logits.ok_or_else(|| EngineError::invalid("the prompt is empty"))?;
-    Ok((logits, start))
+}
+
+/// One generation as a state machine the scheduler steps: it says which tokens its sequence
+/// runs next (the prompt, a chunk at a time, then each sampled token) and turns the logits that
+/// come back into tokens, text and tool-call events. The model and the sequence stay outside,
+/// so one forward pass can serve many generators.
+pub struct Generator {
+    params: GenerationParams,
+    prompt: Vec<u32>,
+    /// The prompt has been run: tokens are being sampled.
+    decoding: bool,
+    /// Prompt tokens reused from the prefix cache.
+    cached: usize,
+    /// The logits after the whole prompt: where a redone answer starts.
+    answer_start: Vec<f32>,
+    /// The token sampled last, which the next forward runs.
+    token: u32,
+    sampler: Sampler,
+    out: Output,
+    constraint: Option<Constraint>,
+    call_grammar: Option<String>,
+    tool_open: Option<u32>,
+    /// A free `auto` answer that opens like a call written as JSON is redone as a real call.
+    watch_opening: bool,
+    opening: Vec<u32>,
+    /// The constraint is a call's (which may end mid-answer), not a JSON answer's.
+    in_call: bool,
+    banned: Vec<u32>,
+    /// Tokens that may not open a redone text answer, until visible text starts.
+    opening_bans: Vec<u32>,
+    redo: Option<Redo>,
+    generated: usize,
+}
+
+impl Generator {
+    /// Prepares a generation of `prompt`; `emit` receives its events and returns false when
+    /// nobody listens any more, which ends it with `ERR_ABORTED`. A bad schema fails here,
+    /// before any model work.
+    pub fn new(
+        vocab: Vocab<'_>,
+        prompt: Vec<u32>,
+        params: GenerationParams,
+        emit: Box<dyn FnMut(Event) -> bool + Send>,
+    ) -> Result<Self> {
+        if prompt.is_empty() {
+            return Err(EngineError::invalid("the prompt is empty"));
+        }
+        let settings = &params.tools;
+        let constraint = grammar::answer_grammar(settings)
+            .map(|lark| vocab.constraint(&lark))
+            .transpose()?;
+        let call_grammar = grammar::tool_call_grammar(settings);
+        let tokenizer = vocab.tokenizer;
+        let watch_opening =
+            constraint.is_none() && call_grammar.is_some() && settings.choice == ToolChoice::Auto;
+        let banned = if settings.tools.is_empty() || settings.may_call() {
+            vec![]
+        } else {
+            markup_tokens(tokenizer)
+        };
+        Ok(Self {
+            sampler: Sampler::new(params.sampling.clone()),
+            out: Output::new(&params, constraint.is_some(), emit),
+            tool_open: tokenizer.added_token_id(tool_parser::OPEN),
+            constraint,
+            call_grammar,
+            watch_opening,
+            opening: Vec::new(),
+            in_call: false,
+            banned,
+            opening_bans: Vec::new(),
+            redo: None,
+            generated: 0,
+            decoding: false,
+            cached: 0,
+            answer_start: Vec::new(),
+            token: 0,
+            prompt,
+            params,
+        })
+    }
+
+    /// The prompt the sequence must hold before sampling starts.
+    pub fn prompt(&self) -> &[u32] {
+        &self.prompt
+    }
+
+    /// Whether the prompt is still being run (no token sampled from it yet).
+    pub fn is_prefilling(&self) -> bool {
+        !self.decoding
+    }
+
+    /// Takes `seq`, checked out for [`prompt`](Self::prompt), as this generation's sequence:
+    /// keeps the prefix of the prompt it holds and reserves room for the answer.
+    pub fn attach(&mut self, seq: &mut Sequence) -> Result<()> {
+        self.cached = seq.reuse_prefix(&self.prompt);
+        self.decoding = false;
+        seq.reserve(self.prompt.len() + self.params.max_tokens.min(INITIAL_COMPLETION_RESERVE))
+    }
+
+    /// The tokens the next forward runs for `seq`: up to `budget` tokens of the prompt not yet
+    /// in it, or the token sampled last.
+    pub fn input<'a>(&'a self, seq: &Sequence, budget: usize) -> &'a [u32] {
+        if self.decoding {
+            std::slice::from_ref(&self.token)
+        } else {
+            let start = seq.len().min(self.prompt.len());
+            &self.prompt[start..(start + budget.max(1)).min(self.prompt.len())]
+        }
+    }
+
+    /// Whether the forward that runs `input` must return this sequence's logits: it samples
+    /// from them, unless they come from the middle of the prompt.
+    pub fn wants_logits(&self, seq: &Sequence, input: usize) -> bool {
+        self.decoding || seq.len() + input >= self.prompt.len()
+    }
+
+    /// Advances after a forward over [`input`](Self::input) (`seq` now holds it): samples from
+    /// `logits` (given where [`wants_logits`](Self::wants_logits) said so) and says what next.
+    pub fn step(
+        &mut self,
+        vocab: Vocab<'_>,
+        seq: &mut Sequence,
+        logits: Option<Vec<f32>>,
+    ) -> Result<Next> {
+        if !self.decoding && seq.len() < self.prompt.len() {
+            return Ok(Next::Forward);
+        }
+        let mut logits =
+            logits.ok_or_else(|| EngineError::Internal("a sampling step got no logits".into()))?;
+        if !self.decoding {
+            self.decoding = true;
+            self.answer_start = logits.clone();
+        }
+        let tokenizer = vocab.tokenizer;
+        loop {
+            if let Some(redo) = self.redo.take() {
+                if self.restart(vocab, seq, redo)? {
+                    return Ok(Next::Reprompt);
+                }
+                logits = self.answer_start.clone();
+            }
+            if let Some(c) = self.constraint.as_mut() {
+                c.mask(&mut logits)?;
+            }
+            for &b in self.banned.iter().chain(&self.opening_bans) {
+                logits[b as usize] = f32::NEG_INFINITY;
+            }
+            let token = self.sampler.sample(&mut logits);
+            self.generated += 1;
+            if !tokenizer.token_bytes(token).trim_ascii().is_empty() {
+                self.opening_bans.clear();
+            }
+            if self.params.eos.contains(&token) {
+                return self.finish(FinishReason::Stop);
+            }
+            match self.constraint.as_mut() {
+                Some(c) => {
+                    c.commit(token)?;
+                    self.in_call |= Some(token) == self.tool_open;
+                    if self.in_call && c.is_complete() && !self.params.tools.single_call() {
+                        // One call done: the model is free again to call more, write, or end.
+                        self.constraint = None;
+                        self.in_call = false;
+                    }
+                }
+                None if Some(token) == self.tool_open && self.call_grammar.is_some() => {
+                    // The model opened a call: from here on it must be a valid one.
+                    let mut c = self.call_constraint(vocab)?;
+                    c.commit(token)?;
+                    self.constraint = Some(c);
+                    self.in_call = true;
+                    self.out.calls_checked();
+                    self.watch_opening = false;
+                    let held = std::mem::take(&mut self.opening);
+                    if self.out.tokens(tokenizer, &held)? {
+                        return self.finish(FinishReason::Stop);
+                    }
+                }
+                None => {}
+            }
+            if self.watch_opening && self.constraint.is_none() {
+                self.opening.push(token);
+                match classify_opening(&tokenizer.decode(&self.opening)) {
+                    Opening::ToolCall => {
+                        self.redo = Some(Redo::AsCall);
+                        continue;
+                    }
+                    Opening::Undecided
+                        if self.opening.len() < MAX_UNDECIDED_OPENING
+                            && self.generated < self.params.max_tokens =>
+                    {
+                        self.token = token;
+                        return Ok(Next::Forward);
+                    }
+                    _ => {
+                        self.watch_opening = false;
+                        let held = std::mem::take(&mut self.opening);
+                        if self.out.tokens(tokenizer, &held)? {
+                            return self.finish(FinishReason::Stop);
+                        }
+                    }
+                }
+            } else if self.out.tokens(tokenizer, &[token])? {
+                return self.finish(FinishReason::Stop);
+            }
+            if self.out.repeated {
+                self.redo = Some(Redo::AsText);
+                continue;
+            }
+            if self.generated >= self.params.max_tokens {
+                return self.finish(FinishReason::Length);
+            }
+            self.token = token;
+            return Ok(Next::Forward);
+        }
+    }
+
+    /// Starts the answer over from its first token; true when it continues on another prompt.
+    fn restart(&mut self, vocab: Vocab<'_>, seq: &mut Sequence, redo: Redo) -> Result<bool> {
+        seq.truncate(self.prompt.len());
+        self.sampler = Sampler::new(self.params.sampling.clone());
+        self.generated = 0;
+        self.opening.clear();
+        self.in_call = false;
+        self.watch_opening = false;
+        match redo {
+            Redo::AsCall => {
+                self.constraint = Some(self.call_constraint(vocab)?);
+                self.out.calls_checked();
+                Ok(false)
+            }
+            Redo::AsText => {
+                self.constraint = None;
+                self.out.restart_as_text();
+                self.banned.extend(markup_tokens(vocab.tokenizer));
+                self.opening_bans = punctuation_openings(vocab.tokenizer);
+                // The prompt with the tools stays cached for the conversation's next turn; the
+                // tool-less one runs in a sequence of its own.
+                match self.params.text_prompt.take() {
+                    Some(text_prompt) => {
+                        self.prompt = text_prompt;
+                        self.decoding = false;
+                        Ok(true)
+                    }
+                    None => Ok(false),
+                }
+            }
+        }
+    }
+
+    fn call_constraint(&self, vocab: Vocab<'_>) -> Result<Constraint> {
+        match &self.call_grammar {
+            Some(lark) => vocab.constraint(lark),
+            None => Err(EngineError::Internal(
+                "no declared tool can be called".into(),
+            )),
+        }
+    }
+
+    fn finish(&mut self, reason: FinishReason) -> Result<Next> {
+        let calls = self.out.finish()?;
+        let reason = match reason {
+            FinishReason::Stop if calls > 0 => FinishReason::ToolCalls,
+            r => r,
+        };
+        self.out.send(Event::Finished {
+            reason,
+            usage: Usage::new(self.prompt.len(), self.cached, self.generated),
+        })?;
+        Ok(Next::Done)
+    }
+}
+
+/// The tool-call markup tokens, banned where the answer may not call.
+fn markup_tokens(tokenizer: &Tokenizer) -> Vec<u32> {
+    [tool_parser::OPEN, tool_parser::CLOSE]
+        .iter()
+        .filter_map(|t| tokenizer.added_token_id(t))
+        .collect()
 }
 
 /// Tokens to events: UTF-8 assembly, stop strings, then tool-call recognition.
-struct Output<'a> {
+struct Output {
     decoder: StreamDecoder,
     stop: Vec<String>,
     stops: StopMatcher,
@@ -292,14 +371,14 @@ struct Output<'a> {
     repeated: bool,
     /// Something reached `emit` (an answer can no longer start over).
     emitted: bool,
-    emit: &'a mut dyn FnMut(Event) -> bool,
+    emit: Box<dyn FnMut(Event) -> bool + Send>,
 }
 
-impl<'a> Output<'a> {
+impl Output {
     fn new(
         params: &GenerationParams,
         checked: bool,
-        emit: &'a mut dyn FnMut(Event) -> bool,
+        emit: Box<dyn FnMut(Event) -> bool + Send>,
     ) -> Self {
         let settings = &params.tools;
         let answered = params.answered.clone();

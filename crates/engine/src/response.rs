@@ -1,46 +1,8 @@
 //! OpenAI-shaped responses: `chat.completion` objects and `chat.completion.chunk` stream chunks.
 
-use crate::generate::Event;
+use crate::event::{Event, FinishReason, Usage};
 use crate::sampling::Rng;
-use serde::Serialize;
 use serde_json::{json, Value};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FinishReason {
-    /// EOS or a stop string.
-    Stop,
-    /// `max_tokens` reached.
-    Length,
-    /// The answer ended after calling tools.
-    ToolCalls,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Usage {
-    pub prompt_tokens: usize,
-    pub completion_tokens: usize,
-    pub total_tokens: usize,
-    pub prompt_tokens_details: PromptTokensDetails,
-}
-
-/// OpenAI's breakdown of the prompt tokens.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct PromptTokensDetails {
-    /// Prompt tokens whose keys and values came from the prefix cache, not computed.
-    pub cached_tokens: usize,
-}
-
-impl Usage {
-    pub fn new(prompt_tokens: usize, cached_tokens: usize, completion_tokens: usize) -> Self {
-        Self {
-            prompt_tokens,
-            completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
-            prompt_tokens_details: PromptTokensDetails { cached_tokens },
-        }
-    }
-}
 
 /// Identity shared by every object of one response.
 #[derive(Debug, Clone)]
@@ -144,6 +106,54 @@ impl ResponseMeta {
     /// The trailing chunk of `stream_options.include_usage`: no choices, only usage.
     pub fn usage_chunk(&self, usage: Usage) -> Value {
         self.chunk(json!([]), Some(usage))
+    }
+}
+
+/// Turns a generation's events into the stream's chunks: the role chunk first, then one chunk
+/// per piece, the finish chunk, and the usage chunk where the request asked for it.
+#[derive(Debug, Clone)]
+pub struct ChunkShaper {
+    meta: ResponseMeta,
+    include_usage: bool,
+    started: bool,
+}
+
+impl ChunkShaper {
+    pub fn new(meta: ResponseMeta, include_usage: bool) -> Self {
+        Self {
+            meta,
+            include_usage,
+            started: false,
+        }
+    }
+
+    pub fn meta(&self) -> &ResponseMeta {
+        &self.meta
+    }
+
+    pub fn chunks(&mut self, event: Event) -> Vec<Value> {
+        let mut chunks = Vec::new();
+        if !self.started {
+            self.started = true;
+            chunks.push(self.meta.role_chunk());
+        }
+        let meta = &self.meta;
+        match event {
+            Event::Text(t) => chunks.push(meta.content_chunk(&t)),
+            Event::ToolCallStart { index, id, name } => {
+                chunks.push(meta.tool_call_start_chunk(index, &id, &name))
+            }
+            Event::ToolCallArguments { index, text } => {
+                chunks.push(meta.tool_call_arguments_chunk(index, &text))
+            }
+            Event::Finished { reason, usage } => {
+                chunks.push(meta.finish_chunk(reason));
+                if self.include_usage {
+                    chunks.push(meta.usage_chunk(usage));
+                }
+            }
+        }
+        chunks
     }
 }
 

@@ -4,7 +4,7 @@
 
 use crate::error::Result;
 use crate::kv_cache::KvCache;
-use crate::model::Qwen2;
+use crate::model::{BatchInput, Qwen2};
 use candle_core::Tensor;
 
 pub struct Sequence {
@@ -77,6 +77,29 @@ impl Sequence {
     pub fn forward(&mut self, model: &Qwen2, tokens: &[u32]) -> Result<Tensor> {
         let logits = model.forward(tokens, &mut self.kv)?;
         self.tokens.extend_from_slice(tokens);
+        Ok(logits)
+    }
+
+    /// Runs each sequence's tokens after its cached ones in one batched forward (see
+    /// [`Qwen2::forward_batch`]); the flag says whether that sequence's logits are wanted.
+    /// On error every sequence is left as it was.
+    pub fn forward_batch(
+        model: &Qwen2,
+        rows: &mut [(&mut Sequence, &[u32], bool)],
+    ) -> Result<Option<Tensor>> {
+        let mut batch: Vec<BatchInput<'_>> = rows
+            .iter_mut()
+            .map(|(seq, tokens, logits)| BatchInput {
+                tokens,
+                cache: &mut seq.kv,
+                logits: *logits,
+            })
+            .collect();
+        let logits = model.forward_batch(&mut batch)?;
+        drop(batch);
+        for (seq, tokens, _) in rows.iter_mut() {
+            seq.tokens.extend_from_slice(tokens);
+        }
         Ok(logits)
     }
 }

@@ -77,34 +77,53 @@ impl Attention {
         })
     }
 
-    /// `x` (b, n, hidden) at the positions after `cache`'s; writes their keys and values to
-    /// `layer` of the cache. `mask` is [`causal_mask`]'s, for n > 1.
+    /// `x` (1, rows, hidden) holds the new positions of every sequence in `spans`, one span
+    /// after another. Projections run once over all rows; RoPE, the cache write and attention run
+    /// per sequence, each over its own cache. Returns (1, rows, hidden).
     pub(super) fn forward(
         &self,
         x: &Tensor,
         rotary: &Rotary,
-        cache: &mut KvCache,
+        spans: &mut [Span<'_>],
         layer: usize,
-        mask: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
-        let (b, n, hidden) = x.dims3()?;
-        let start = cache.len();
-        let heads = |t: Tensor, h: usize| {
-            t.reshape((b, n, h, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
+        let hidden = x.dim(2)?;
+        let (q_all, k_all, v_all) = (self.q.forward(x)?, self.k.forward(x)?, self.v.forward(x)?);
+        let mut outputs = Vec::with_capacity(spans.len());
+        for span in spans.iter_mut() {
+            let (offset, n, start) = (span.offset, span.len, span.cache.len());
+            let heads = |t: &Tensor, h: usize| {
+                t.narrow(1, offset, n)?
+                    .reshape((1, n, h, self.head_dim))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let q = rotary.apply(&heads(&q_all, self.num_heads)?, start)?;
+            let k = rotary.apply(&heads(&k_all, self.num_kv_heads)?, start)?;
+            let v = heads(&v_all, self.num_kv_heads)?;
+            let (k, v) = span.cache.append(layer, &k, &v)?;
+            outputs.push(
+                scaled_dot_product(&q, &k, &v, span.mask.as_ref())?
+                    .transpose(1, 2)?
+                    .reshape((1, n, hidden))?,
+            );
+        }
+        let y = match outputs.len() {
+            1 => outputs.remove(0),
+            _ => Tensor::cat(&outputs, 1)?,
         };
-        let q = heads(self.q.forward(x)?, self.num_heads)?;
-        let k = heads(self.k.forward(x)?, self.num_kv_heads)?;
-        let v = heads(self.v.forward(x)?, self.num_kv_heads)?;
-        let q = rotary.apply(&q, start)?;
-        let k = rotary.apply(&k, start)?;
-        let (k, v) = cache.append(layer, &k, &v)?;
-        let y = scaled_dot_product(&q, &k, &v, mask)?
-            .transpose(1, 2)?
-            .reshape((b, n, hidden))?;
         self.o.forward(&y)
     }
+}
+
+/// One sequence's rows in a batched forward: `len` new positions at `offset` among the batch's
+/// rows, written after the positions its cache holds.
+pub(super) struct Span<'a> {
+    pub offset: usize,
+    pub len: usize,
+    pub cache: &'a mut KvCache,
+    /// [`causal_mask`]'s, for len > 1.
+    pub mask: Option<Tensor>,
 }
 
 /// softmax(q·kᵀ/√d + mask)·v for q (b, heads, n, d) over k, v (b, kv_heads, total, d), where

@@ -3,4 +3,4 @@
 mod attention;
 mod qwen2;
 
-pub use qwen2::Qwen2;
+pub use qwen2::{BatchInput, Qwen2};

@@ -1,7 +1,7 @@
 //! The Qwen2 decoder (Qwen2 / Qwen2.5): token embedding, N pre-norm blocks of grouped-query
 //! attention with RoPE and a SwiGLU MLP, final RMSNorm and the LM head.
 
-use super::attention::{causal_mask, Attention, Rotary};
+use super::attention::{causal_mask, Attention, Rotary, Span};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
@@ -177,15 +177,48 @@ impl Qwen2 {
     /// Runs `tokens` after the positions already in `cache`, appends their keys/values to it and
     /// returns the next-token logits (f32, vocab-sized) at the last position.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let hidden = self.hidden_states(tokens, cache)?;
-        let last = hidden.narrow(1, tokens.len() - 1, 1)?;
-        Ok(self.logits(&last)?.squeeze(0)?.squeeze(0)?)
+        let mut batch = [BatchInput {
+            tokens,
+            cache,
+            logits: true,
+        }];
+        let logits = self
+            .forward_batch(&mut batch)?
+            .ok_or_else(|| EngineError::Internal("a forward returned no logits".into()))?;
+        Ok(logits.squeeze(0)?)
+    }
+
+    /// Runs several sequences' new tokens in one pass: every weight is applied once to all rows,
+    /// attention runs per sequence over its own cache. Returns the last position's logits of each
+    /// input that asks for them, in order: (such inputs, vocab), f32; `None` if none asks.
+    /// On error no cache has advanced (positions are committed after the last layer).
+    pub fn forward_batch(&self, batch: &mut [BatchInput<'_>]) -> Result<Option<Tensor>> {
+        let mut last_rows = Vec::new();
+        let mut all_tokens = Vec::new();
+        for input in batch.iter() {
+            all_tokens.extend_from_slice(input.tokens);
+            if input.logits {
+                last_rows.push(all_tokens.len() as u32 - 1);
+            }
+        }
+        let hidden = self.hidden_states(&all_tokens, batch)?;
+        if last_rows.is_empty() {
+            return Ok(None);
+        }
+        let rows = Tensor::new(last_rows.as_slice(), &self.device)?;
+        let last = hidden.squeeze(0)?.index_select(&rows, 0)?;
+        Ok(Some(self.logits(&last)?))
     }
 
     /// Like [`forward`](Self::forward), but returns logits at every position: (tokens, vocab).
     /// For scoring a known continuation in one pass (parity checks, evaluation).
     pub fn forward_all(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let hidden = self.hidden_states(tokens, cache)?;
+        let mut batch = [BatchInput {
+            tokens,
+            cache,
+            logits: false,
+        }];
+        let hidden = self.hidden_states(tokens, &mut batch)?;
         Ok(self.logits(&hidden)?.squeeze(0)?)
     }
 
@@ -194,38 +227,59 @@ impl Qwen2 {
         Ok(logits.to_dtype(DType::F32)?)
     }
 
-    /// The decoder stack over `tokens` (positions after `cache`): (1, tokens, hidden).
-    fn hidden_states(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let n = tokens.len();
-        let start = cache.len();
-        if n == 0 {
-            return Err(EngineError::Internal("forward with no tokens".into()));
+    /// The decoder stack over `tokens`, the batch's inputs one after another: (1, tokens, hidden).
+    fn hidden_states(&self, tokens: &[u32], batch: &mut [BatchInput<'_>]) -> Result<Tensor> {
+        let mut spans = Vec::with_capacity(batch.len());
+        let mut offset = 0;
+        for input in batch.iter() {
+            let (n, start) = (input.tokens.len(), input.cache.len());
+            if n == 0 {
+                return Err(EngineError::Internal("forward with no tokens".into()));
+            }
+            if start + n > self.max_positions {
+                return Err(EngineError::ContextLength(format!(
+                    "{} positions exceed the context window of {}",
+                    start + n,
+                    self.max_positions
+                )));
+            }
         }
-        if start + n > self.max_positions {
-            return Err(EngineError::ContextLength(format!(
-                "{} positions exceed the context window of {}",
-                start + n,
-                self.max_positions
-            )));
+        for input in batch.iter_mut() {
+            let (n, start) = (input.tokens.len(), input.cache.len());
+            input.cache.reserve(start + n)?;
+            let mask = if n > 1 {
+                Some(causal_mask(n, start, self.dtype, &self.device)?)
+            } else {
+                None
+            };
+            spans.push(Span {
+                offset,
+                len: n,
+                cache: &mut *input.cache,
+                mask,
+            });
+            offset += n;
         }
-        cache.reserve(start + n)?;
         let ids = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
         let mut x = self.embed.embedding(&ids)?.to_dtype(self.dtype)?;
-        let mask = if n > 1 {
-            Some(causal_mask(n, start, self.dtype, &self.device)?)
-        } else {
-            None
-        };
         for (i, block) in self.blocks.iter().enumerate() {
             let h = block.attn_norm.forward(&x)?;
-            let h = block
-                .attn
-                .forward(&h, &self.rotary, cache, i, mask.as_ref())?;
+            let h = block.attn.forward(&h, &self.rotary, &mut spans, i)?;
             x = (x + h)?;
             let h = block.mlp.forward(&block.ffn_norm.forward(&x)?)?;
             x = (x + h)?;
         }
-        cache.commit(n);
+        for span in spans {
+            span.cache.commit(span.len);
+        }
         Ok(x)
     }
+}
+
+/// One sequence's part of a batched forward: tokens to run after the positions its cache holds.
+pub struct BatchInput<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+    /// Whether the logits after its last token are wanted (not mid-prompt).
+    pub logits: bool,
 }

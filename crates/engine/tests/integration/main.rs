@@ -6,6 +6,7 @@ mod engine;
 mod load_errors;
 mod prefix_cache;
 mod safetensors_parity;
+mod scheduler;
 mod template_parity;
 mod tiny_model_parity;
 mod tokenizer_parity;

@@ -4,8 +4,8 @@
 
 use crate::common::{model_path, repo_root};
 use qwen_engine::candle_core::{DType, Device, Tensor};
-use qwen_engine::engine::prepare_prompt;
 use qwen_engine::loader::{self, LoadOptions, LoadedModel};
+use qwen_engine::prompt::prepare_prompt;
 use qwen_engine::request::ChatRequest;
 use serde_json::json;
 use std::path::PathBuf;

@@ -5,6 +5,8 @@
 //!   qwen-bench --model PATH --chat "question" [--gen-tokens N]   one streamed answer
 //!   qwen-bench --model PATH --request body.json [--repeat N]     one OpenAI request body
 //!   qwen-bench --parity DIR [--device cuda] [--steps 32]         CPU vs device on a tiny checkpoint
+//!   qwen-bench --model PATH --serve 4 [--gen-tokens 128] [--long-prompt 1000]
+//!              [--max-batch 8] [--prefill-chunk N]              concurrent streams (see serve.rs)
 //!
 //! Speed mode reports load time, resident memory after load, the first prefill of the process
 //! (kernel compilation included), a warm prefill and the time to the first token on a fresh cache,
@@ -21,6 +23,8 @@ use qwen_engine::{Engine, Event};
 use serde_json::json;
 use std::path::Path;
 use std::time::Instant;
+
+mod serve;
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -67,6 +71,20 @@ fn main() -> BenchResult<()> {
     opts.device = device_arg;
     if let Some(file) = arg(&args, "--request") {
         return request(&opts, &file, num(&args, "--repeat", 1)?);
+    }
+    opts.max_batch = num(&args, "--max-batch", opts.max_batch)?;
+    opts.prefill_chunk = arg(&args, "--prefill-chunk")
+        .map(|n| n.parse())
+        .transpose()?;
+    if let Some(streams) = arg(&args, "--serve") {
+        let report = serve::serve(
+            &opts,
+            streams.parse()?,
+            num(&args, "--gen-tokens", 128)?,
+            num(&args, "--long-prompt", 1000)?,
+        )?;
+        println!("{report}");
+        return Ok(());
     }
     if let Some(question) = arg(&args, "--chat") {
         return chat(&opts, &question, num(&args, "--gen-tokens", 128)?);

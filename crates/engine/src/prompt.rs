@@ -1,0 +1,41 @@
+//! A request's prompt: the chat template rendered over its messages (and tools), tokenized, and
+//! the room left in the context for the answer.
+
+use crate::error::{EngineError, Result};
+use crate::request::ChatRequest;
+use crate::template::ChatTemplate;
+use crate::tokenizer::Tokenizer;
+
+/// Renders and tokenizes a request, and fixes how many tokens it may generate.
+pub fn prepare_prompt(
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    request: &ChatRequest,
+    context_length: usize,
+) -> Result<(Vec<u32>, usize)> {
+    let prompt = render_prompt(tokenizer, template, request, request.tools.as_deref())?;
+    let room = context_length.saturating_sub(prompt.len());
+    match request.max_tokens {
+        Some(max) if max <= room => Ok((prompt, max)),
+        None if room >= 1 => Ok((prompt, room)),
+        requested => Err(EngineError::ContextLength(format!(
+            "this model's context is {context_length} tokens, but the request needs {} ({} in the messages, {} to generate); shorten the conversation{}",
+            prompt.len() + requested.unwrap_or(1),
+            prompt.len(),
+            requested.unwrap_or(1),
+            if requested.is_some() { " or lower max_tokens" } else { "" }
+        ))),
+    }
+}
+
+/// The prompt tokens of `request`'s messages with `tools` in the system prompt.
+pub fn render_prompt(
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    request: &ChatRequest,
+    tools: Option<&[serde_json::Value]>,
+) -> Result<Vec<u32>> {
+    let rendered =
+        template.render_marked(&request.messages, tools, true, &tokenizer.control_tokens())?;
+    tokenizer.encode_segments(&rendered.segments())
+}
