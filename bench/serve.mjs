@@ -29,7 +29,10 @@ async function trace(start, delayMs = 0) {
   const arrivals = []
   const message = new StreamedMessage()
   for await (const chunk of start()) {
-    if (message.add(chunk)) arrivals.push(performance.now())
+    // Any piece of the answer counts: text, or a tool call's name and arguments.
+    const delta = chunk.choices[0]?.delta
+    message.add(chunk)
+    if (delta?.content || delta?.tool_calls) arrivals.push(performance.now())
   }
   return { submitted, arrivals, usage: message.usage }
 }
@@ -92,7 +95,7 @@ async function alternatingAgents(model) {
     for (const [who, messages] of conversations.entries()) {
       messages.push({ role: 'user', content: question })
       const before = model.stats().promptTokens
-      const t = await trace(() => model.chatStream({ messages, tools: tools.definitions, tool_choice: 'none', temperature: 0, max_tokens: 12, stream_options: { include_usage: true } }))
+      const t = await trace(() => model.chatStream({ messages, tools: tools.definitions, temperature: 0, max_tokens: 12, stream_options: { include_usage: true } }))
       const computed = model.stats().promptTokens - before
       messages.push({ role: 'assistant', content: '(answered)' })
       turns.push({ conversation: who ? 'B' : 'A', turn: round + 1, prompt_tokens: t.usage.prompt_tokens, cached_tokens: t.usage.prompt_tokens_details.cached_tokens, computed_tokens: computed, ttft_ms: Math.round(t.arrivals[0] - t.submitted) })

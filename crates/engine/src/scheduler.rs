@@ -127,6 +127,16 @@ pub struct Stats {
     rate: RateWindow,
 }
 
+impl Stats {
+    /// One running request has ended (before the scheduler publishes its next state).
+    fn finish_one(&mut self) {
+        self.running = self.running.saturating_sub(1);
+        if self.running == 0 {
+            self.batch_size = 0;
+        }
+    }
+}
+
 /// Tokens generated per step over a sliding window of a few seconds.
 #[derive(Debug, Clone, Default)]
 struct RateWindow {
@@ -321,7 +331,7 @@ impl Scheduler {
             if finished {
                 counters.update(|s| {
                     s.requests_finished += 1;
-                    s.running = s.running.saturating_sub(1);
+                    s.finish_one();
                 });
             }
             let sent = events.send(Ok(event)).is_ok();
@@ -495,7 +505,7 @@ impl Scheduler {
         if let Err(e) = outcome {
             self.shared.update(|s| {
                 s.requests_failed += 1;
-                s.running = s.running.saturating_sub(1);
+                s.finish_one();
             });
             a.job.fail(e);
         }
