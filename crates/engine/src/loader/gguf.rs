@@ -6,6 +6,8 @@ use super::{
 };
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
+use crate::kernels::{self, q8_0::Q8Blocks, Level};
+use crate::matrix::Matrix;
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
@@ -126,10 +128,45 @@ fn is_float(dtype: GgmlDType) -> bool {
     matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
 }
 
-/// candle's CPU kernels for these types are scalar; their values are re-blocked as Q8_0 (a
-/// SIMD kernel, 8-bit, so at most a half-step rounding change per weight) at load.
+/// Our own CPU kernels run every quantized type as 8-bit blocks: Q8_0 as stored, the others
+/// dequantized and re-blocked at load (at most a half-step of 8-bit rounding per weight; more bytes
+/// than Q4_K/Q6_K, but one kernel whose results do not depend on how many rows it multiplies, so
+/// an answer is the same alone, in a batch, or after a cached prefix).
+fn as_q8_on_cpu(dtype: GgmlDType) -> bool {
+    !is_float(dtype)
+}
+
+/// Types candle's CPU kernels handle with scalar code only.
 fn slow_on_cpu(dtype: GgmlDType) -> bool {
     matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1)
+}
+
+impl GgufSource<'_> {
+    /// A matrix as 8-bit blocks for our CPU kernels: Q8_0 data taken as stored, other types
+    /// dequantized and re-blocked.
+    fn q8_blocks(&mut self, name: WeightName) -> Result<Q8Blocks> {
+        let info = self.info(name)?;
+        let (rows, cols) = info
+            .shape
+            .dims2()
+            .map_err(|_| EngineError::load(format!("tensor {} is not a matrix", name.gguf())))?;
+        if info.ggml_dtype != GgmlDType::Q8_0 {
+            let values = self.dequantized(name)?.flatten_all()?.to_vec1::<f32>()?;
+            return Ok(Q8Blocks::quantize(&values, rows, cols));
+        }
+        let start = (self.content.tensor_data_offset + info.offset) as usize;
+        let bytes = tensor_bytes(info) as usize;
+        let data = &self.map[start..start + bytes];
+        let blocks = Q8Blocks::from_gguf_q8_0(data, rows, cols).ok_or_else(|| {
+            EngineError::load(format!(
+                "tensor {} has a malformed Q8_0 layout",
+                name.gguf()
+            ))
+        })?;
+        release_mapped(data);
+        self.placement.advance(bytes as u64);
+        Ok(blocks)
+    }
 }
 
 impl WeightSource for GgufSource<'_> {
@@ -141,21 +178,28 @@ impl WeightSource for GgufSource<'_> {
         self.content.tensor_infos.contains_key(&name.gguf())
     }
 
-    fn matrix(&mut self, name: WeightName) -> Result<QMatMul> {
+    fn matrix(&mut self, name: WeightName) -> Result<Matrix> {
         let device = self.placement.device.clone();
         let dtype = self.placement.dtype();
         match self.info(name)?.ggml_dtype {
             d if is_float(d) => {
                 let t = self.read(name, &Device::Cpu)?;
                 let dense = t.dequantize(&device)?.to_dtype(dtype)?;
-                Ok(QMatMul::Tensor(dense))
+                Ok(Matrix::Candle(QMatMul::Tensor(dense)))
+            }
+            d if as_q8_on_cpu(d) && device.is_cpu() && kernels::level() > Level::Scalar => {
+                Ok(Matrix::q8(self.q8_blocks(name)?))
             }
             d if slow_on_cpu(d) && device.is_cpu() => {
+                // No SIMD kernels of ours here (not x86-64): candle's Q8_0 has NEON code, its
+                // 4-6 bit types only scalar code.
                 let t = self.read(name, &device)?;
                 let t = QTensor::quantize(&t.dequantize(&device)?, GgmlDType::Q8_0)?;
-                Ok(QMatMul::from_qtensor(t)?)
+                Ok(Matrix::Candle(QMatMul::from_qtensor(t)?))
             }
-            _ => Ok(QMatMul::from_qtensor(self.read(name, &device)?)?),
+            _ => Ok(Matrix::Candle(QMatMul::from_qtensor(
+                self.read(name, &device)?,
+            )?)),
         }
     }
 

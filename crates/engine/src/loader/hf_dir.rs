@@ -7,6 +7,7 @@ use super::{
 };
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
+use crate::matrix::Matrix;
 use crate::sampling::SamplingParams;
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
@@ -122,8 +123,8 @@ impl WeightSource for HfDirSource<'_> {
         self.tensors.get(&name.hf()).is_ok()
     }
 
-    fn matrix(&mut self, name: WeightName) -> Result<QMatMul> {
-        Ok(QMatMul::Tensor(self.read(name)?))
+    fn matrix(&mut self, name: WeightName) -> Result<Matrix> {
+        Ok(Matrix::Candle(QMatMul::Tensor(self.read(name)?)))
     }
 
     fn vector(&mut self, name: WeightName) -> Result<Tensor> {

@@ -9,11 +9,11 @@ pub use hf_dir::HfDirSource;
 use crate::config::ModelConfig;
 use crate::device::{self, GpuInfo};
 use crate::error::{EngineError, Result};
+use crate::matrix::Matrix;
 use crate::model::Qwen2;
 use crate::sampling::SamplingParams;
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
-use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use std::path::Path;
@@ -324,7 +324,7 @@ pub trait WeightSource {
     /// The dtype dense weights and activations use.
     fn dtype(&self) -> DType;
     fn contains(&self, name: WeightName) -> bool;
-    fn matrix(&mut self, name: WeightName) -> Result<QMatMul>;
+    fn matrix(&mut self, name: WeightName) -> Result<Matrix>;
     fn vector(&mut self, name: WeightName) -> Result<Tensor>;
 }
 

@@ -6,9 +6,13 @@
 use super::qwen2::Linear;
 use crate::config::ModelConfig;
 use crate::error::Result;
+use crate::kernels::{
+    self,
+    attention::{Shape as AttentionShape, Strided},
+};
 use crate::kv_cache::KvCache;
 use crate::loader::{LayerWeight, WeightName, WeightSource};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Layout, Storage, Tensor};
 
 /// cos/sin tables for rotary position embeddings (the "neox" half-split layout Qwen2 uses).
 pub(super) struct Rotary {
@@ -138,6 +142,9 @@ fn scaled_dot_product(
     v: &Tensor,
     mask: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
+    if q.device().is_cpu() && q.dtype() == DType::F32 {
+        return attend_on_cpu(q, k, v);
+    }
     let (b, heads, n, d) = q.dims4()?;
     let (_, kv_heads, total, _) = k.dims4()?;
     // No per-head copies of K/V: the query heads of one KV head are adjacent, so
@@ -154,6 +161,48 @@ fn scaled_dot_product(
     candle_nn::ops::softmax_last_dim(&scores)?
         .matmul(v)?
         .reshape((b, heads, n, d))
+}
+
+/// The CPU's attention ([`kernels::attention`]): causal by construction (the mask is implied),
+/// reading keys and values in place from the cache's buffers, each query row computed on its own.
+fn attend_on_cpu(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+    let (_, heads, rows, dim) = q.dims4()?;
+    let (_, kv_heads, positions, _) = k.dims4()?;
+    let q = q.contiguous()?;
+    let (q_storage, q_layout) = q.storage_and_layout();
+    let (k_storage, k_layout) = k.storage_and_layout();
+    let (v_storage, v_layout) = v.storage_and_layout();
+    let queries = strided_view(&q_storage, q_layout)?;
+    let out = kernels::attention::causal_attention(
+        &queries.data[queries.offset..queries.offset + heads * rows * dim],
+        strided_view(&k_storage, k_layout)?,
+        strided_view(&v_storage, v_layout)?,
+        AttentionShape {
+            heads,
+            kv_heads,
+            rows,
+            positions,
+            dim,
+        },
+    );
+    Tensor::from_vec(out, (1, heads, rows, dim), &Device::Cpu)
+}
+
+/// A CPU f32 tensor of shape (1, heads, positions, dim) as the attention kernel reads it.
+fn strided_view<'a>(storage: &'a Storage, layout: &Layout) -> candle_core::Result<Strided<'a>> {
+    let Storage::Cpu(cpu) = storage else {
+        candle_core::bail!("CPU attention on a tensor off the CPU");
+    };
+    let stride = layout.stride();
+    if stride[3] != 1 {
+        candle_core::bail!("attention needs rows of contiguous values, got strides {stride:?}");
+    }
+    Ok(Strided {
+        data: cpu.as_slice::<f32>()?,
+        offset: layout.start_offset(),
+        head_stride: stride[1],
+        row_stride: stride[2],
+    })
 }
 
 /// (n, start + n) additive mask: query i (at position start + i) sees keys 0..=start + i.

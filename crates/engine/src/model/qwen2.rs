@@ -6,11 +6,11 @@ use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
 use crate::loader::{LayerWeight, WeightName, WeightSource};
-use candle_core::quantized::QMatMul;
-use candle_core::{DType, Device, Module, Tensor};
+use crate::matrix::Matrix;
+use candle_core::{DType, Device, Tensor};
 
 pub(super) struct Linear {
-    weight: QMatMul,
+    weight: Matrix,
     bias: Option<Tensor>,
 }
 
@@ -73,10 +73,10 @@ struct Block {
 /// A loaded Qwen2 network. Immutable after load: all per-sequence state lives in a [`KvCache`].
 pub struct Qwen2 {
     cfg: ModelConfig,
-    embed: QMatMul,
+    embed: Matrix,
     blocks: Vec<Block>,
     norm: RmsNorm,
-    lm_head: QMatMul,
+    lm_head: Matrix,
     rotary: Rotary,
     max_positions: usize,
     dtype: DType,

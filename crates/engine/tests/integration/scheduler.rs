@@ -124,21 +124,8 @@ fn a_cancel_ends_one_sequence_of_a_batch_and_not_the_others() {
         matches!(rest.last(), Some(Err(EngineError::Aborted))),
         "the cancelled request ends with ERR_ABORTED: {rest:?}"
     );
-    // The others finish with their own answers (a batched answer may differ from the same answer
-    // alone where two tokens are nearly tied: see the rounding-level test below).
-    let (a, c) = (text(a), text(c));
-    assert!(
-        a.contains("red") && !a.to_lowercase().contains("sea"),
-        "{a}"
-    );
-    assert!(
-        c.to_lowercase().contains("sea") && !c.contains("red"),
-        "{c}"
-    );
-    assert_eq!(
-        a.split_whitespace().next(),
-        alone[0].split_whitespace().next()
-    );
+    // The others finish with the answers they give alone.
+    assert_eq!([text(a), text(c)], alone);
     let idle = wait_for(&engine, is_idle);
     assert_eq!(idle.requests_failed, 1, "{idle:?}");
 }
@@ -162,13 +149,12 @@ fn a_full_queue_refuses_with_overloaded() {
     wait_for(&engine, is_idle);
 }
 
-/// Why a batched answer can differ from the same answer alone: candle's CPU kernel computes Q6_K
-/// weights (a few of the default model's matrices) for one row with the compact GEMV, and for
-/// several rows through re-packed tiles: two roundings of the same product, about 2% of the
-/// largest logit apart after 24 layers. Fed the same tokens, the top token differs only where the
-/// two best are nearly tied (as "colours" / "colors" can be).
+/// A sequence's logits in a batch are its logits alone, bit for bit, where our CPU kernels run
+/// (x86-64): each row is computed the same way however many rows share the pass. Elsewhere
+/// (candle's kernels, which take other paths for several rows than for one) they may differ at
+/// rounding level, and the top token only where the two best are nearly tied.
 #[test]
-fn a_batched_step_changes_logits_little_and_top_tokens_only_at_near_ties() {
+fn a_batched_step_gives_the_logits_of_the_step_alone() {
     use qwen_engine::candle_core::Device;
     use qwen_engine::loader::{self, LoadOptions};
     use qwen_engine::model::BatchInput;
@@ -241,8 +227,11 @@ fn a_batched_step_changes_logits_little_and_top_tokens_only_at_near_ties() {
     eprintln!(
         "batched vs alone over 24 steps: max |Δlogit| {worst:.4} (largest |logit| {scale:.1}); top-1 changes (step, alone top-2 margin, max |Δ|): {flips:?}"
     );
+    if qwen_engine::kernels::level() > qwen_engine::kernels::Level::Scalar {
+        assert_eq!(worst, 0.0, "a batched step changed the logits");
+    }
     assert!(
-        worst < 0.02 * scale,
+        worst < 0.05 * scale,
         "max |Δlogit| {worst} against |logit| up to {scale}"
     );
     for (_, margin, diff) in &flips {

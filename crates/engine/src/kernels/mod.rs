@@ -1,0 +1,94 @@
+//! Our own CPU kernels: quantized matrix products, chosen at run time by the instructions the CPU
+//! has (the build targets a baseline; nothing here depends on the build machine's CPU), and
+//! causal attention.
+//!
+//! Every level computes the same numbers: integer dot products of 4-byte groups are exact, and the
+//! float work (one fused multiply-add per group and block, then a fixed summation tree) runs in the
+//! same order at every level, so a row's result does not depend on the SIMD level, on how many
+//! rows are multiplied together, or on how the work is split between threads.
+
+pub mod attention;
+pub mod q8_0;
+
+use std::sync::OnceLock;
+
+/// The instruction sets the kernels use, lowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Portable Rust: the reference every other level is tested against.
+    Scalar,
+    /// AVX2 + FMA (x86-64-v3).
+    Avx2,
+    /// AVX-512 VNNI on 256-bit vectors (with AVX-512 VL): one instruction per 4-byte dot product.
+    Avx512Vnni,
+}
+
+impl Level {
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Scalar => "scalar",
+            Level::Avx2 => "avx2",
+            Level::Avx512Vnni => "avx512vnni",
+        }
+    }
+
+    /// The best level this CPU runs.
+    pub fn detected() -> Level {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            if avx2
+                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("avx512vl")
+            {
+                return Level::Avx512Vnni;
+            }
+            if avx2 {
+                return Level::Avx2;
+            }
+        }
+        Level::Scalar
+    }
+
+    /// The detected level, lowered by `QWEN_NATIVE_SIMD` (scalar | avx2 | avx512vnni) where set:
+    /// how tests cover every level on one machine. A level above the CPU's is never used.
+    pub fn from_env() -> Level {
+        let cap = match std::env::var("QWEN_NATIVE_SIMD").as_deref() {
+            Ok("scalar") => Level::Scalar,
+            Ok("avx2") => Level::Avx2,
+            _ => Level::Avx512Vnni,
+        };
+        Level::detected().min(cap)
+    }
+}
+
+/// The level the kernels use in this process (read once).
+pub fn level() -> Level {
+    static LEVEL: OnceLock<Level> = OnceLock::new();
+    *LEVEL.get_or_init(Level::from_env)
+}
+
+/// Every level this CPU can run, for tests.
+pub fn available_levels() -> Vec<Level> {
+    [Level::Scalar, Level::Avx2, Level::Avx512Vnni]
+        .into_iter()
+        .filter(|l| *l <= Level::detected())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_environment_can_only_lower_the_level() {
+        // Read through from_env (not the process-wide level) so other tests are unaffected.
+        std::env::set_var("QWEN_NATIVE_SIMD", "scalar");
+        assert_eq!(Level::from_env(), Level::Scalar);
+        std::env::set_var("QWEN_NATIVE_SIMD", "avx2");
+        assert_eq!(Level::from_env(), Level::detected().min(Level::Avx2));
+        std::env::remove_var("QWEN_NATIVE_SIMD");
+        assert_eq!(Level::from_env(), Level::detected());
+        assert_eq!(available_levels().last(), Some(&Level::detected()));
+    }
+}
