@@ -135,6 +135,7 @@ pub fn matmul(level: Level, a: &Q8Blocks, w: &Q8Blocks, out: &mut [f32]) {
     });
 }
 
+/// One work item: every tile of activation rows against the item's weight rows.
 fn run_item(
     level: Level,
     a: &Q8Blocks,
@@ -142,26 +143,23 @@ fn run_item(
     columns: std::ops::Range<usize>,
     out: Output,
 ) {
-    let m = a.rows;
-    {
-        for first in (0..m).step_by(ROW_TILE) {
-            let rows = first..m.min(first + ROW_TILE);
-            let mut tile = [a.row(first); ROW_TILE];
-            for (slot, r) in tile.iter_mut().zip(rows.clone()) {
-                *slot = a.row(r);
-            }
-            let job = Columns {
-                w,
-                columns: columns.clone(),
-                first_row: first,
-                out,
-            };
-            match rows.len() {
-                1 => job.run::<1>(level, [tile[0]]),
-                2 => job.run::<2>(level, [tile[0], tile[1]]),
-                3 => job.run::<3>(level, [tile[0], tile[1], tile[2]]),
-                _ => job.run::<ROW_TILE>(level, tile),
-            }
+    for first in (0..a.rows).step_by(ROW_TILE) {
+        let rows = first..a.rows.min(first + ROW_TILE);
+        let mut tile = [a.row(first); ROW_TILE];
+        for (slot, r) in tile.iter_mut().zip(rows.clone()) {
+            *slot = a.row(r);
+        }
+        let job = Columns {
+            w,
+            columns: columns.clone(),
+            first_row: first,
+            out,
+        };
+        match rows.len() {
+            1 => job.run::<1>(level, [tile[0]]),
+            2 => job.run::<2>(level, [tile[0], tile[1]]),
+            3 => job.run::<3>(level, [tile[0], tile[1], tile[2]]),
+            _ => job.run::<ROW_TILE>(level, tile),
         }
     }
 }
@@ -181,7 +179,7 @@ impl Output {
     }
 }
 
-/// One work item: a range of weight rows against a tile of activation rows.
+/// A range of weight rows against one tile of activation rows.
 struct Columns<'w> {
     w: &'w Q8Blocks,
     columns: std::ops::Range<usize>,

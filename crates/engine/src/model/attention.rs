@@ -142,6 +142,7 @@ fn scaled_dot_product(
     v: &Tensor,
     mask: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
+    // Every mask here is causal_mask's, which the CPU kernel applies by construction.
     if q.device().is_cpu() && q.dtype() == DType::F32 {
         return attend_on_cpu(q, k, v);
     }
