@@ -336,7 +336,11 @@ impl Scheduler {
             }
             let sent = events.send(Ok(event)).is_ok();
             if finished && !sent {
-                counters.update(|s| s.requests_finished -= 1);
+                // Not answered after all: `end` counts it as failed and no longer running.
+                counters.update(|s| {
+                    s.requests_finished -= 1;
+                    s.running += 1;
+                });
             }
             sent
         });
