@@ -19,7 +19,8 @@ pub enum Level {
     Scalar,
     /// AVX2 + FMA (x86-64-v3).
     Avx2,
-    /// AVX-512 VNNI on 256-bit vectors (with AVX-512 VL): one instruction per 4-byte dot product.
+    /// AVX-512 VNNI on 512-bit vectors: one instruction per 4-byte dot product, two blocks per
+    /// vector.
     Avx512Vnni,
 }
 
@@ -38,8 +39,9 @@ impl Level {
         {
             let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
             if avx2
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("avx512vnni")
-                && is_x86_feature_detected!("avx512vl")
             {
                 return Level::Avx512Vnni;
             }
