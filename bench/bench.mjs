@@ -1,43 +1,81 @@
-// `npm run bench`: qwen-native and node-llama-cpp on the same GGUF, prompt, decode length and
-// thread count, each in its own process, run one after the other; prints both and the ratios.
+// `npm run bench [-- <model>...]`: qwen-native and node-llama-cpp on the same GGUF, prompts, decode
+// length and thread count, each round in fresh processes (one per engine, one after the other).
+// Models are names of scripts/fetch-model.mjs (default: "default"; e.g. `-- default coder-1.5b`).
+// Prints, per model, each figure's median [min-max] over BENCH_ROUNDS rounds (default 5), the
+// ratios of medians, and where the engines' greedy answers first differ.
 import { execFileSync } from 'node:child_process'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { loadModel, DEFAULT_MODEL_PATH } from '../index.js'
-import { benchMessages, THREADS } from './common.mjs'
+import { loadModel } from '../index.js'
+import { fetchModel, MODELS } from '../scripts/fetch-model.mjs'
+import { prepareWorkload, GREEDY_TOKENS, THREADS } from './common.mjs'
 
 const here = dirname(fileURLToPath(import.meta.url))
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 1)
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
+const ENGINES = ['qwen-native', 'node-llama-cpp']
+// Figure, and whether more is better.
+const FIGURES = [['prefill_tok_s', true], ['decode_tok_s', true], ['long_ttft_ms', false], ['agent_ttft_ms', false], ['peak_rss_mib', false], ['load_s', false]]
 
-// The workload is prepared here, in the parent, so neither runner's peak RSS includes it.
-const renderer = await loadModel({ modelPath: process.env.MODEL_PATH ?? DEFAULT_MODEL_PATH, threads: THREADS, contextLength: 4096 })
-const messages = benchMessages((text) => renderer.tokenize(text).length)
-const BENCH_WORKLOAD = JSON.stringify({ messages, promptText: renderer.applyChatTemplate(messages) })
-await renderer.close()
-
-function run(script) {
-  const out = execFileSync(process.execPath, [join(here, script)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, BENCH_WORKLOAD } })
+function run(engine, modelPath, workload) {
+  const out = execFileSync(process.execPath, [join(here, `run-${engine}.mjs`)], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, BENCH_WORKLOAD: workload, BENCH_MODEL_PATH: modelPath },
+  })
   return JSON.parse(out.trim().split('\n').at(-1))
 }
 
-const best = (rows, key) => Math.max(...rows.map((r) => r[key]))
-const results = { 'qwen-native': [], 'node-llama-cpp': [] }
-for (let i = 0; i < ROUNDS; i++) {
-  results['qwen-native'].push(run('run-qwen-native.mjs'))
-  results['node-llama-cpp'].push(run('run-node-llama-cpp.mjs'))
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b)
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2
 }
-const q = results['qwen-native']
-const l = results['node-llama-cpp']
-const row = (name, rows) => ({
-  engine: name,
-  'prompt tokens': rows[0].prompt_tokens,
-  'prefill tok/s': best(rows, 'prefill_tok_s').toFixed(1),
-  'decode tok/s': best(rows, 'decode_tok_s').toFixed(1),
-  'peak RSS MiB': Math.min(...rows.map((r) => r.peak_rss_mib)),
-  'load s': Math.min(...rows.map((r) => r.load_s)).toFixed(2),
-})
-console.log(`threads ${q[0].threads}, ${q[0].gen_tokens} decoded tokens, best of ${ROUNDS} round(s)`)
-console.table([row('qwen-native', q), row('node-llama-cpp', l)])
-const ratio = (key) => (best(q, key) / best(l, key)).toFixed(2)
-console.log(`qwen-native / node-llama-cpp: prefill ${ratio('prefill_tok_s')}x, decode ${ratio('decode_tok_s')}x, ` +
-  `peak RSS ${(Math.min(...q.map((r) => r.peak_rss_mib)) / Math.min(...l.map((r) => r.peak_rss_mib))).toFixed(2)}x`)
+const digits = (x) => (Math.abs(x) >= 100 ? x.toFixed(0) : x.toFixed(x >= 10 ? 1 : 2))
+
+/** Where two greedy answers first differ, in tokens of the shared text (by `count`). */
+function agreement(ours, theirs, count) {
+  if (ours === theirs) return `same (${count(ours)} tokens)`
+  let i = 0
+  while (i < ours.length && ours[i] === theirs[i]) i++
+  return `differ at token ${count(ours.slice(0, i))}`
+}
+
+async function benchModel(name) {
+  const modelPath = await fetchModel(MODELS[name])
+  // The workload is prepared here, in the parent, so neither runner's peak RSS includes it.
+  const renderer = await loadModel({ modelPath, threads: THREADS, contextLength: 4096 })
+  const prepared = prepareWorkload(renderer)
+  const results = Object.fromEntries(ENGINES.map((e) => [e, []]))
+  for (let i = 0; i < ROUNDS; i++) {
+    for (const engine of ENGINES) results[engine].push(run(engine, modelPath, JSON.stringify(prepared)))
+  }
+  const first = results['qwen-native'][0]
+  console.log(`\n${name}: threads ${first.threads}; prompts of ${first.prompt_tokens} (then ${first.gen_tokens} decoded), ` +
+    `${first.long_prompt_tokens} and ${first.agent_prompt_tokens} (agent, five tools) tokens; median [min-max] of ${ROUNDS} round(s)`)
+  const table = ENGINES.map((engine) => Object.fromEntries([['engine', engine], ...FIGURES.map(([key]) => {
+    const xs = results[engine].map((r) => r[key])
+    return [key, `${digits(median(xs))} [${digits(Math.min(...xs))}-${digits(Math.max(...xs))}]`]
+  })]))
+  console.table(table)
+  const ratios = FIGURES.map(([key, higherIsBetter]) => {
+    const [q, l] = ENGINES.map((e) => median(results[e].map((r) => r[key])))
+    return `${key} ${(higherIsBetter ? q / l : l / q).toFixed(2)}x`
+  })
+  console.log(`qwen-native against node-llama-cpp (above 1 is better for qwen-native): ${ratios.join(', ')}`)
+  const count = (text) => renderer.tokenize(text).length
+  const theirs = results['node-llama-cpp'][0].answers
+  console.log(`greedy answers (${GREEDY_TOKENS} tokens at most):`)
+  first.answers.forEach((ours, i) => console.log(`  ${i + 1}. ${agreement(ours, theirs[i], count)}`))
+  await renderer.close()
+  return { model: name, rounds: ROUNDS, results }
+}
+
+const names = process.argv.slice(2).length ? process.argv.slice(2) : ['default']
+for (const name of names) {
+  if (!MODELS[name]) throw new Error(`unknown model "${name}"; choose from ${Object.keys(MODELS).join(', ')}`)
+}
+const all = []
+for (const name of names) all.push(await benchModel(name))
+if (process.env.BENCH_JSON) {
+  const { writeFileSync } = await import('node:fs')
+  writeFileSync(process.env.BENCH_JSON, JSON.stringify(all, null, 2))
+}

