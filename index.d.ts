@@ -224,6 +224,12 @@ export interface ModelInfo {
   gpu: GpuInfo | null
   /** Why `device: 'auto'` chose the CPU (no CUDA in this addon, no driver, no GPU...); null otherwise. */
   cpuFallbackReason: string | null
+  /**
+   * The instruction set of our own CPU kernels, chosen at run time from what the CPU has
+   * ('avx512vnni' or 'avx2'; `QWEN_NATIVE_SIMD` can lower it); null where candle's kernels run
+   * (a GPU, a CPU that is not x86-64).
+   */
+  cpuKernels: 'avx512vnni' | 'avx2' | null
   dtype: string
   quantization: string
   threads: number

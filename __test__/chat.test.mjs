@@ -103,4 +103,5 @@ test('info describes the loaded model', async () => {
   assert.equal(info.layers, 24)
   assert.equal(info.device, 'cpu')
   assert.match(info.quantization, /Q4_K_M/)
+  if (process.arch === 'x64') assert.match(info.cpuKernels, /^(avx512vnni|avx2)$/)
 })

@@ -31,12 +31,20 @@ const median = (xs) => {
 }
 const digits = (x) => (Math.abs(x) >= 100 ? x.toFixed(0) : x.toFixed(x >= 10 ? 1 : 2))
 
-/** Where two greedy answers first differ, in tokens of the shared text (by `count`). */
-function agreement(ours, theirs, count) {
-  if (ours === theirs) return `same (${count(ours)} tokens)`
-  let i = 0
-  while (i < ours.length && ours[i] === theirs[i]) i++
-  return `differ at token ${count(ours.slice(0, i))}`
+/**
+ * Where our greedy answer first leaves llama.cpp's, in llama.cpp's tokens, with llama.cpp's two most
+ * probable tokens there: a near tie is quantization noise, a clear margin a real difference.
+ */
+function agreement(ours, steps) {
+  let at = 0
+  for (const [i, step] of steps.entries()) {
+    if (!ours.startsWith(step.text, at)) {
+      const [first, second] = step.top.map((t) => `${JSON.stringify(t.text)} ${t.p.toFixed(3)}`)
+      return `differ at token ${i}: llama.cpp's top two ${first}, ${second}; qwen-native wrote ${JSON.stringify(ours.slice(at, at + 12))}`
+    }
+    at += step.text.length
+  }
+  return at === ours.length ? `same (${steps.length} tokens)` : `same for all ${steps.length} of llama.cpp's tokens; qwen-native wrote more`
 }
 
 async function benchModel(name) {
@@ -61,10 +69,9 @@ async function benchModel(name) {
     return `${key} ${(higherIsBetter ? q / l : l / q).toFixed(2)}x`
   })
   console.log(`qwen-native against node-llama-cpp (above 1 is better for qwen-native): ${ratios.join(', ')}`)
-  const count = (text) => renderer.tokenize(text).length
-  const theirs = results['node-llama-cpp'][0].answers
+  const theirs = results['node-llama-cpp'][0].answer_steps
   console.log(`greedy answers (${GREEDY_TOKENS} tokens at most):`)
-  first.answers.forEach((ours, i) => console.log(`  ${i + 1}. ${agreement(ours, theirs[i], count)}`))
+  first.answers.forEach((ours, i) => console.log(`  ${i + 1}. ${agreement(ours, theirs[i])}`))
   await renderer.close()
   return { model: name, rounds: ROUNDS, results }
 }

@@ -1,6 +1,6 @@
 // One node-llama-cpp (llama.cpp) measurement on the same GGUF, prompts and decode length.
 import { getLlama } from 'node-llama-cpp'
-import { report, workload, GEN_TOKENS, GREEDY_TOKENS, THREADS } from './common.mjs'
+import { peakRssMiB, report, workload, GEN_TOKENS, GREEDY_TOKENS, THREADS } from './common.mjs'
 
 // The exact prompt texts qwen-native's template renders for the same messages.
 const { modelPath, chat, long, agent, greedy } = workload()
@@ -31,10 +31,22 @@ async function generate(promptText, maxTokens) {
 const run = await generate(chat.promptText, GEN_TOKENS + 1)
 const longRun = await generate(long.promptText, 1)
 const agentRun = await generate(agent.promptText, 1)
-const answers = []
-for (const { promptText } of greedy) {
-  answers.push(model.detokenize((await generate(promptText, GREEDY_TOKENS)).tokens))
+const peakRss = peakRssMiB()
+/** A greedy answer token by token: each token's text and the two most probable tokens there. */
+async function greedyAnswer(promptText) {
+  await sequence.clearHistory()
+  const steps = []
+  for await (const { token, probabilities } of sequence.evaluateWithMetadata(model.tokenize(promptText, true), { probabilities: true }, { temperature: 0 })) {
+    if (model.isEogToken(token)) break
+    const top = [...probabilities.entries()].slice(0, 2).map(([t, p]) => ({ text: model.detokenize([t]), p }))
+    steps.push({ text: model.detokenize([token]), top })
+    if (steps.length >= GREEDY_TOKENS) break
+  }
+  return steps
 }
+
+const answerSteps = []
+for (const { promptText } of greedy) answerSteps.push(await greedyAnswer(promptText))
 report({
   engine: 'node-llama-cpp',
   threads: THREADS,
@@ -47,7 +59,8 @@ report({
   long_ttft_ms: longRun.ttftMs,
   agent_prompt_tokens: agentRun.promptTokens,
   agent_ttft_ms: agentRun.ttftMs,
-  answers,
+  peak_rss_mib: peakRss,
+  answer_steps: answerSteps,
 })
 await context.dispose()
 await model.dispose()

@@ -1,6 +1,6 @@
 // One qwen-native measurement in its own process (so peak RSS is its own).
 import { loadModel } from '../index.js'
-import { report, workload, GEN_TOKENS, GREEDY_TOKENS, THREADS } from './common.mjs'
+import { peakRssMiB, report, workload, GEN_TOKENS, GREEDY_TOKENS, THREADS } from './common.mjs'
 
 const { modelPath, chat, long, agent, greedy } = workload()
 const t0 = performance.now()
@@ -28,6 +28,7 @@ const decodeS = (performance.now() - firstAt) / 1000
 
 const longTtft = await firstToken(long)
 const agentTtft = await firstToken(agent)
+const peakRss = peakRssMiB()
 const answers = []
 for (const { messages } of greedy) {
   answers.push((await model.chat({ messages, temperature: 0, max_tokens: GREEDY_TOKENS })).choices[0].message.content)
@@ -46,6 +47,7 @@ report({
   long_ttft_ms: longTtft.ms,
   agent_prompt_tokens: agentTtft.tokens,
   agent_ttft_ms: agentTtft.ms,
+  peak_rss_mib: peakRss,
   answers,
   warmup_tokens: warm.usage.completion_tokens,
 })

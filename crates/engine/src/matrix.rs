@@ -1,10 +1,12 @@
 //! A weight matrix as the model uses it: multiplied by activations, or read as embedding rows.
 //! 8-bit blocks on the CPU run our own kernels ([`crate::kernels`]); everything else (GPU
-//! weights, dense checkpoints, the k-quants) runs candle's.
+//! weights, dense checkpoints, CPUs without them) runs candle's.
 
-use crate::kernels::{self, packed::PackedQ8, q8_0::Q8Blocks};
-use candle_core::quantized::QMatMul;
+use crate::kernels::q8_0::Q8Blocks;
+use crate::kernels::{self, packed::PackedQ8};
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -48,23 +50,100 @@ impl Matrix {
     pub fn embedding(&self, ids: &Tensor) -> Result<Tensor> {
         match self {
             Self::Candle(m) => m.embedding(ids),
-            Self::Q8(w) => {
-                let mut dims = ids.dims().to_vec();
-                let ids = ids.flatten_all()?.to_vec1::<u32>()?;
-                let k = w.cols();
-                let mut out = vec![0f32; ids.len() * k];
-                for (row, &id) in out.chunks_exact_mut(k).zip(&ids) {
-                    if id as usize >= w.rows() {
-                        candle_core::bail!(
-                            "token id {id} is outside the embedding's {} rows",
-                            w.rows()
-                        );
-                    }
-                    w.dequantize_row(id as usize, row);
-                }
-                dims.push(k);
-                Tensor::from_vec(out, dims, &Device::Cpu)
-            }
+            Self::Q8(w) => rows_of(ids, w.rows(), w.cols(), |r, out| {
+                w.dequantize_row(r, out);
+                Ok(())
+            }),
         }
     }
+}
+
+/// The token embedding: a [`Matrix`] (when it is also the LM head, or not on the CPU), or rows
+/// read from the mapped file as stored, so only the rows of tokens seen become resident.
+#[derive(Clone)]
+pub enum Embedding {
+    Matrix(Matrix),
+    Mapped(Arc<MappedRows>),
+}
+
+impl Embedding {
+    /// The rows at `ids` (any shape): (ids..., hidden).
+    pub fn lookup(&self, ids: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Matrix(m) => m.embedding(ids),
+            Self::Mapped(rows) => rows_of(ids, rows.rows, rows.cols, |r, out| rows.row(r, out)),
+        }
+    }
+}
+
+/// A GGUF matrix left in the file's mapping, rows dequantized when looked up.
+pub struct MappedRows {
+    map: Arc<memmap2::Mmap>,
+    /// Where the tensor's data starts in the mapping.
+    start: usize,
+    dtype: GgmlDType,
+    rows: usize,
+    cols: usize,
+}
+
+impl MappedRows {
+    /// `None` unless rows are whole blocks of `dtype` and the tensor lies inside the mapping.
+    pub fn new(
+        map: Arc<memmap2::Mmap>,
+        start: usize,
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+    ) -> Option<Self> {
+        let fits = cols.is_multiple_of(dtype.block_size())
+            && start + rows * Self::row_bytes(dtype, cols) <= map.len();
+        fits.then_some(Self {
+            map,
+            start,
+            dtype,
+            rows,
+            cols,
+        })
+    }
+
+    pub fn row_bytes(dtype: GgmlDType, cols: usize) -> usize {
+        cols / dtype.block_size() * dtype.type_size()
+    }
+
+    fn row(&self, r: usize, out: &mut [f32]) -> Result<()> {
+        let bytes = Self::row_bytes(self.dtype, self.cols);
+        dequantize_gguf(
+            self.dtype,
+            &self.map[self.start + r * bytes..][..bytes],
+            out,
+        )
+    }
+}
+
+/// GGUF data of `dtype` (whole blocks) as f32 values, by candle's dequantization.
+pub fn dequantize_gguf(dtype: GgmlDType, data: &[u8], out: &mut [f32]) -> Result<()> {
+    let storage = QStorage::from_data(Cow::Borrowed(data), &Device::Cpu, dtype)?;
+    let values = QTensor::new(storage, out.len())?.dequantize(&Device::Cpu)?;
+    out.copy_from_slice(&values.to_vec1::<f32>()?);
+    Ok(())
+}
+
+/// f32 rows `ids` (any shape) of a `rows` × `cols` matrix read by `row(r, out)`: (ids..., cols).
+fn rows_of(
+    ids: &Tensor,
+    rows: usize,
+    cols: usize,
+    row: impl Fn(usize, &mut [f32]) -> Result<()>,
+) -> Result<Tensor> {
+    let mut dims = ids.dims().to_vec();
+    let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+    let mut out = vec![0f32; ids.len() * cols];
+    for (values, &id) in out.chunks_exact_mut(cols).zip(&ids) {
+        if id as usize >= rows {
+            candle_core::bail!("token id {id} is outside the embedding's {rows} rows");
+        }
+        row(id as usize, values)?;
+    }
+    dims.push(cols);
+    Tensor::from_vec(out, dims, &Device::Cpu)
 }

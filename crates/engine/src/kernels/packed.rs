@@ -28,29 +28,42 @@ pub struct PackedQ8 {
 }
 
 impl PackedQ8 {
-    /// Packs blocks given as `block(row, b) -> (scale, quants)`; groups are filled in parallel.
-    fn from_blocks(
+    /// Packs rows given as `row(r, blocks)`, which fills row `r`'s blocks (scale, quants) or
+    /// fails; groups are filled in parallel, and the first failure is returned.
+    fn from_rows<E: Send>(
         rows: usize,
         cols: usize,
-        block: impl Fn(usize, usize) -> (f16, [i8; BLOCK]) + Sync,
-    ) -> Self {
+        row: impl Fn(usize, &mut [(f16, [i8; BLOCK])]) -> Result<(), E> + Sync,
+    ) -> Result<Self, E> {
         assert!(
             cols.is_multiple_of(BLOCK),
             "{cols} columns are not whole blocks"
         );
         let blocks = cols / BLOCK;
         let group_bytes = blocks * GROUP_BLOCK_BYTES;
-        // Quant 0x80 is the value 0: what the padding rows hold.
+        // Quant 0x80 is the value 0, scale 0 too: what the padding rows hold.
         let mut data = vec![0x80u8; rows.div_ceil(GROUP) * group_bytes];
+        for at in data.chunks_exact_mut(GROUP_BLOCK_BYTES) {
+            at[..SCALE_BYTES].fill(0);
+        }
+        let failure = Mutex::new(None);
         // Uncontended locks hand each thread its own groups.
         let groups: Vec<_> = data.chunks_mut(group_bytes).map(Mutex::new).collect();
         candle_core::utils::barrier_pool().execute_chunked(groups.len(), |range| {
+            let mut row_blocks = vec![(f16::ZERO, [0i8; BLOCK]); blocks];
             for g in range {
                 let mut bytes = groups[g].lock().unwrap_or_else(|e| e.into_inner());
-                for (b, at) in bytes.chunks_exact_mut(GROUP_BLOCK_BYTES).enumerate() {
-                    at[..SCALE_BYTES].fill(0);
-                    for lane in 0..GROUP.min(rows - g * GROUP) {
-                        let (scale, quants) = block(g * GROUP + lane, b);
+                for lane in 0..GROUP.min(rows - g * GROUP) {
+                    if let Err(e) = row(g * GROUP + lane, &mut row_blocks) {
+                        failure
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(e);
+                        return;
+                    }
+                    for (at, (scale, quants)) in
+                        bytes.chunks_exact_mut(GROUP_BLOCK_BYTES).zip(&row_blocks)
+                    {
                         at[2 * lane..2 * lane + 2].copy_from_slice(&scale.to_le_bytes());
                         for (step, four) in quants.chunks_exact(4).enumerate() {
                             let to = SCALE_BYTES + step * 4 * GROUP + 4 * lane;
@@ -63,7 +76,10 @@ impl PackedQ8 {
             }
         });
         drop(groups);
-        Self { rows, cols, data }
+        match failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(Self { rows, cols, data }),
+        }
     }
 
     /// Quantizes row-major f32 values: per block the scale is max |x| / 127 rounded to f16, and
@@ -74,53 +90,50 @@ impl PackedQ8 {
             rows * cols,
             "values for a {rows}x{cols} matrix"
         );
-        Self::from_blocks(rows, cols, |r, b| {
-            let x: &[f32; BLOCK] = values[r * cols + b * BLOCK..][..BLOCK].try_into().unwrap();
-            let scale = f16::from_f32(amax(x) / 127.0);
-            let inverse = if scale.to_f32() > 0.0 {
-                1.0 / scale.to_f32()
-            } else {
-                0.0
-            };
-            let quants = std::array::from_fn(|i| round_half_away(x[i] * inverse).clamp(-127, 127));
-            (scale, quants.map(|q| q as i8))
+        let packed = Self::from_rows(rows, cols, |r, blocks| {
+            quantize_row(&values[r * cols..(r + 1) * cols], blocks);
+            Ok::<_, std::convert::Infallible>(())
+        });
+        match packed {
+            Ok(packed) => packed,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Quantizes rows produced one at a time by `row(r, values)` (e.g. dequantized from a file),
+    /// as [`PackedQ8::quantize`] does; only a row per thread is held in f32.
+    pub fn quantize_rows<E: Send>(
+        rows: usize,
+        cols: usize,
+        row: impl Fn(usize, &mut [f32]) -> Result<(), E> + Sync,
+    ) -> Result<Self, E> {
+        Self::from_rows(rows, cols, |r, blocks| {
+            let mut values = vec![0f32; cols];
+            row(r, &mut values)?;
+            quantize_row(&values, blocks);
+            Ok(())
         })
     }
 
     /// GGUF data of a type whose values are exactly an f16 scale times a small integer (Q8_0,
     /// Q5_0, Q4_0): packed without loss. `None` for other types or a size that does not match.
     pub fn from_gguf(dtype: GgmlDType, bytes: &[u8], rows: usize, cols: usize) -> Option<Self> {
-        let block_bytes = match dtype {
-            GgmlDType::Q8_0 => 2 + BLOCK,
-            GgmlDType::Q5_0 => 2 + 4 + BLOCK / 2,
-            GgmlDType::Q4_0 => 2 + BLOCK / 2,
-            _ => return None,
-        };
-        let blocks = cols / BLOCK;
-        if !cols.is_multiple_of(BLOCK) || bytes.len() != rows * blocks * block_bytes {
+        let block_bytes = gguf_block_bytes(dtype)?;
+        let row_bytes = cols / BLOCK * block_bytes;
+        if !cols.is_multiple_of(BLOCK) || bytes.len() != rows * row_bytes {
             return None;
         }
-        Some(Self::from_blocks(rows, cols, |r, b| {
-            let block = &bytes[(r * blocks + b) * block_bytes..][..block_bytes];
-            let scale = f16::from_le_bytes([block[0], block[1]]);
-            let quants: [i8; BLOCK] = match dtype {
-                GgmlDType::Q8_0 => std::array::from_fn(|i| block[2 + i] as i8),
-                // Low nibbles are values 0..16, high nibbles 16..32; Q5_0's fifth bits come from
-                // a 32-bit mask, bit i for value i.
-                GgmlDType::Q5_0 => {
-                    let high = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
-                    std::array::from_fn(|i| {
-                        let nibble = (block[6 + i % 16] >> (4 * (i / 16))) & 0x0f;
-                        let fifth = ((high >> i) & 1) as u8;
-                        (nibble | fifth << 4) as i8 - 16
-                    })
-                }
-                _ => std::array::from_fn(|i| {
-                    ((block[2 + i % 16] >> (4 * (i / 16))) & 0x0f) as i8 - 8
-                }),
-            };
-            (scale, quants)
-        }))
+        let packed = Self::from_rows(rows, cols, |r, blocks| {
+            let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+            for (block, to) in row.chunks_exact(block_bytes).zip(blocks) {
+                *to = gguf_block(dtype, block);
+            }
+            Ok::<_, std::convert::Infallible>(())
+        });
+        match packed {
+            Ok(packed) => Some(packed),
+            Err(never) => match never {},
+        }
     }
 
     pub fn rows(&self) -> usize {
@@ -170,6 +183,54 @@ impl PackedQ8 {
             }
         }
     }
+}
+
+/// Per block of `values`: the scale max |x| / 127 rounded to f16, and each value divided by it,
+/// rounded half away from zero (within -127..=127).
+fn quantize_row(values: &[f32], blocks: &mut [(f16, [i8; BLOCK])]) {
+    for (x, to) in values.chunks_exact(BLOCK).zip(blocks) {
+        let x: &[f32; BLOCK] = x.try_into().unwrap();
+        let scale = f16::from_f32(amax(x) / 127.0);
+        let inverse = if scale.to_f32() > 0.0 {
+            1.0 / scale.to_f32()
+        } else {
+            0.0
+        };
+        let quants =
+            std::array::from_fn(|i| round_half_away(x[i] * inverse).clamp(-127, 127) as i8);
+        *to = (scale, quants);
+    }
+}
+
+/// Bytes of one block of 32 values of a GGUF type that [`gguf_block`] decodes; `None` for others.
+fn gguf_block_bytes(dtype: GgmlDType) -> Option<usize> {
+    match dtype {
+        GgmlDType::Q8_0 => Some(2 + BLOCK),
+        GgmlDType::Q5_0 => Some(2 + 4 + BLOCK / 2),
+        GgmlDType::Q4_0 => Some(2 + BLOCK / 2),
+        _ => None,
+    }
+}
+
+/// One GGUF block of Q8_0, Q5_0 or Q4_0 (`block` is [`gguf_block_bytes`] long) as its f16 scale
+/// and 32 integers: the values are exactly scale × integer.
+fn gguf_block(dtype: GgmlDType, block: &[u8]) -> (f16, [i8; BLOCK]) {
+    let scale = f16::from_le_bytes([block[0], block[1]]);
+    let quants: [i8; BLOCK] = match dtype {
+        GgmlDType::Q8_0 => std::array::from_fn(|i| block[2 + i] as i8),
+        // Low nibbles are values 0..16, high nibbles 16..32; Q5_0's fifth bits come from a
+        // 32-bit mask, bit i for value i.
+        GgmlDType::Q5_0 => {
+            let high = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+            std::array::from_fn(|i| {
+                let nibble = (block[6 + i % 16] >> (4 * (i / 16))) & 0x0f;
+                let fifth = ((high >> i) & 1) as u8;
+                (nibble | fifth << 4) as i8 - 16
+            })
+        }
+        _ => std::array::from_fn(|i| ((block[2 + i % 16] >> (4 * (i / 16))) & 0x0f) as i8 - 8),
+    };
+    (scale, quants)
 }
 
 #[cfg(test)]

@@ -7,16 +7,18 @@ use super::{
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::kernels::{self, packed::PackedQ8, Level};
-use crate::matrix::Matrix;
+use crate::matrix::{dequantize_gguf, Embedding, MappedRows, Matrix};
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 use std::io::Cursor;
 use std::path::Path;
+use std::sync::Arc;
 
 pub struct GgufSource<'p> {
-    map: memmap2::Mmap,
+    /// Shared with embeddings read in place ([`MappedRows`]).
+    map: Arc<memmap2::Mmap>,
     content: gguf_file::Content,
     placement: Placement<'p>,
 }
@@ -62,7 +64,7 @@ impl<'p> GgufSource<'p> {
         // Quantized activations are f32 on every backend.
         placement.resolve_dtype(DType::F32);
         Ok(Self {
-            map,
+            map: Arc::new(map),
             content,
             placement,
         })
@@ -143,6 +145,11 @@ fn slow_on_cpu(dtype: GgmlDType) -> bool {
 }
 
 impl GgufSource<'_> {
+    /// Whether quantized weights go to our CPU kernels (a CPU they have a SIMD level for).
+    fn ours_on_cpu(&self) -> bool {
+        self.placement.device.is_cpu() && kernels::level() > Level::Scalar
+    }
+
     /// A matrix as packed 8-bit blocks for our CPU kernels.
     fn packed_q8(&mut self, name: WeightName) -> Result<PackedQ8> {
         let info = self.info(name)?;
@@ -156,9 +163,18 @@ impl GgufSource<'_> {
         let data = &self.map[start..start + bytes];
         let packed = match PackedQ8::from_gguf(dtype, data, rows, cols) {
             Some(packed) => packed,
+            // Other types (the K-quants) re-rounded to 8 bits, a row at a time.
+            None if cols.is_multiple_of(dtype.block_size()) => {
+                let row_bytes = MappedRows::row_bytes(dtype, cols);
+                PackedQ8::quantize_rows(rows, cols, |r, out| {
+                    dequantize_gguf(dtype, &data[r * row_bytes..(r + 1) * row_bytes], out)
+                })?
+            }
             None => {
-                let values = self.dequantized(name)?.flatten_all()?.to_vec1::<f32>()?;
-                return Ok(PackedQ8::quantize(&values, rows, cols));
+                return Err(EngineError::load(format!(
+                    "tensor {} has rows of {cols} values, not whole {dtype:?} blocks",
+                    name.gguf()
+                )))
             }
         };
         release_mapped(data);
@@ -176,6 +192,24 @@ impl WeightSource for GgufSource<'_> {
         self.content.tensor_infos.contains_key(&name.gguf())
     }
 
+    /// On the CPU an embedding stays in the file's mapping, as stored: only the rows of tokens
+    /// seen become resident.
+    fn embedding(&mut self, name: WeightName) -> Result<Embedding> {
+        let info = self.info(name)?;
+        let (dtype, start, bytes) = (
+            info.ggml_dtype,
+            (self.content.tensor_data_offset + info.offset) as usize,
+            tensor_bytes(info),
+        );
+        if let (Ok((rows, cols)), true) = (info.shape.dims2(), self.placement.device.is_cpu()) {
+            if let Some(rows) = MappedRows::new(self.map.clone(), start, dtype, rows, cols) {
+                self.placement.advance(bytes);
+                return Ok(Embedding::Mapped(Arc::new(rows)));
+            }
+        }
+        Ok(Embedding::Matrix(self.matrix(name)?))
+    }
+
     fn matrix(&mut self, name: WeightName) -> Result<Matrix> {
         let device = self.placement.device.clone();
         let dtype = self.placement.dtype();
@@ -185,9 +219,7 @@ impl WeightSource for GgufSource<'_> {
                 let dense = t.dequantize(&device)?.to_dtype(dtype)?;
                 Ok(Matrix::Candle(QMatMul::Tensor(dense)))
             }
-            d if as_q8_on_cpu(d) && device.is_cpu() && kernels::level() > Level::Scalar => {
-                Ok(Matrix::q8(self.packed_q8(name)?))
-            }
+            d if as_q8_on_cpu(d) && self.ours_on_cpu() => Ok(Matrix::q8(self.packed_q8(name)?)),
             d if slow_on_cpu(d) && device.is_cpu() => {
                 // No SIMD kernels of ours here (not x86-64): candle's Q8_0 has NEON code, its
                 // 4-6 bit types only scalar code.

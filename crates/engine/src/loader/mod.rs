@@ -9,7 +9,7 @@ pub use hf_dir::HfDirSource;
 use crate::config::ModelConfig;
 use crate::device::{self, GpuInfo};
 use crate::error::{EngineError, Result};
-use crate::matrix::Matrix;
+use crate::matrix::{Embedding, Matrix};
 use crate::model::Qwen2;
 use crate::sampling::SamplingParams;
 use crate::template::ChatTemplate;
@@ -49,6 +49,9 @@ pub struct ModelInfo {
     pub gpu: Option<GpuInfo>,
     /// Why `device: "auto"` ran on the CPU (no CUDA in this build, no driver, no GPU...).
     pub cpu_fallback_reason: Option<String>,
+    /// The instruction set our CPU kernels run with ("avx512vnni", "avx2"), chosen at run time;
+    /// `None` where candle's kernels run instead (a GPU, a CPU that is not x86-64).
+    pub cpu_kernels: Option<String>,
     pub dtype: String,
     pub quantization: String,
     pub threads: usize,
@@ -199,6 +202,9 @@ fn finish(
         device: device::name(&opts.device),
         gpu: device::gpu_info(&opts.device),
         cpu_fallback_reason: opts.cpu_fallback_reason.clone(),
+        cpu_kernels: (opts.device.is_cpu()
+            && crate::kernels::level() > crate::kernels::Level::Scalar)
+            .then(|| crate::kernels::level().name().to_string()),
         dtype: dtype.as_str().to_string(),
         quantization,
         threads: candle_core::utils::get_num_threads(),
@@ -325,6 +331,10 @@ pub trait WeightSource {
     fn dtype(&self) -> DType;
     fn contains(&self, name: WeightName) -> bool;
     fn matrix(&mut self, name: WeightName) -> Result<Matrix>;
+    /// A matrix only read by rows (an embedding that is not also the LM head).
+    fn embedding(&mut self, name: WeightName) -> Result<Embedding> {
+        Ok(Embedding::Matrix(self.matrix(name)?))
+    }
     fn vector(&mut self, name: WeightName) -> Result<Tensor>;
 }
 

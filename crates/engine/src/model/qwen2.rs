@@ -6,7 +6,7 @@ use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
 use crate::loader::{LayerWeight, WeightName, WeightSource};
-use crate::matrix::Matrix;
+use crate::matrix::{Embedding, Matrix};
 use candle_core::{DType, Device, Tensor};
 
 pub(super) struct Linear {
@@ -73,7 +73,7 @@ struct Block {
 /// A loaded Qwen2 network. Immutable after load: all per-sequence state lives in a [`KvCache`].
 pub struct Qwen2 {
     cfg: ModelConfig,
-    embed: Matrix,
+    embed: Embedding,
     blocks: Vec<Block>,
     norm: RmsNorm,
     lm_head: Matrix,
@@ -95,7 +95,13 @@ impl Qwen2 {
     ) -> Result<Self> {
         cfg.validate()?;
         let eps = cfg.rms_norm_eps as f32;
-        let embed = src.matrix(WeightName::TokenEmbedding)?;
+        // Tied embeddings (the small Qwen2.5 models) have no separate head; GGUF files omit it.
+        let tied = !src.contains(WeightName::LmHead);
+        let embed = if tied {
+            Embedding::Matrix(src.matrix(WeightName::TokenEmbedding)?)
+        } else {
+            src.embedding(WeightName::TokenEmbedding)?
+        };
         let mut blocks = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let w = |lw| WeightName::Layer(i, lw);
@@ -121,11 +127,9 @@ impl Qwen2 {
             weight: src.vector(WeightName::OutputNorm)?,
             eps,
         };
-        // Tied embeddings (the small Qwen2.5 models) have no separate head; GGUF files omit it.
-        let lm_head = if src.contains(WeightName::LmHead) {
-            src.matrix(WeightName::LmHead)?
-        } else {
-            embed.clone()
+        let lm_head = match &embed {
+            Embedding::Matrix(m) if tied => m.clone(),
+            _ => src.matrix(WeightName::LmHead)?,
         };
         Ok(Self {
             cfg: cfg.clone(),
@@ -261,7 +265,7 @@ impl Qwen2 {
             offset += n;
         }
         let ids = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        let mut x = self.embed.embedding(&ids)?.to_dtype(self.dtype)?;
+        let mut x = self.embed.lookup(&ids)?.to_dtype(self.dtype)?;
         for (i, block) in self.blocks.iter().enumerate() {
             let h = block.attn_norm.forward(&x)?;
             let h = block.attn.forward(&h, &self.rotary, &mut spans, i)?;

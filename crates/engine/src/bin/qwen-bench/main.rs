@@ -209,6 +209,7 @@ fn speed(opts: &EngineOptions, prompt_tokens: usize, gen_tokens: usize) -> Bench
         "device": info.device,
         "gpu": device::gpu_info(model.device()),
         "cpu_fallback_reason": info.cpu_fallback_reason,
+        "cpu_kernels": info.cpu_kernels,
         "dtype": info.dtype,
         "threads": info.threads,
         "load_s": load_s,
