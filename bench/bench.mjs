@@ -32,19 +32,18 @@ const median = (xs) => {
 const digits = (x) => (Math.abs(x) >= 100 ? x.toFixed(0) : x.toFixed(x >= 10 ? 1 : 2))
 
 /**
- * Where our greedy answer first leaves llama.cpp's, in llama.cpp's tokens, with llama.cpp's two most
- * probable tokens there: a near tie is quantization noise, a clear margin a real difference.
+ * Where our greedy answer first leaves llama.cpp's, in tokens (ours are the answer's text tokenized
+ * again: the same vocabulary), with llama.cpp's two most probable tokens there: a near tie is
+ * quantization noise, a clear margin a real difference.
  */
-function agreement(ours, steps) {
-  let at = 0
-  for (const [i, step] of steps.entries()) {
-    if (!ours.startsWith(step.text, at)) {
-      const [first, second] = step.top.map((t) => `${JSON.stringify(t.text)} ${t.p.toFixed(3)}`)
-      return `differ at token ${i}: llama.cpp's top two ${first}, ${second}; qwen-native wrote ${JSON.stringify(ours.slice(at, at + 12))}`
-    }
-    at += step.text.length
+function agreement(oursIds, steps, detokenize) {
+  const at = steps.findIndex((step, i) => step.id !== oursIds[i])
+  if (at < 0) {
+    return oursIds.length === steps.length ? `same (${steps.length} tokens)` : `same for all ${steps.length} of llama.cpp's tokens; qwen-native wrote more`
   }
-  return at === ours.length ? `same (${steps.length} tokens)` : `same for all ${steps.length} of llama.cpp's tokens; qwen-native wrote more`
+  const [first, second] = steps[at].top.map((t) => `${JSON.stringify(t.text)} ${t.p.toFixed(3)}`)
+  const ours = at < oursIds.length ? JSON.stringify(detokenize([oursIds[at]])) : 'the end'
+  return `differ at token ${at}: llama.cpp's top two ${first}, ${second}; qwen-native wrote ${ours}`
 }
 
 async function benchModel(name) {
@@ -71,7 +70,8 @@ async function benchModel(name) {
   console.log(`qwen-native against node-llama-cpp (above 1 is better for qwen-native): ${ratios.join(', ')}`)
   const theirs = results['node-llama-cpp'][0].answer_steps
   console.log(`greedy answers (${GREEDY_TOKENS} tokens at most):`)
-  first.answers.forEach((ours, i) => console.log(`  ${i + 1}. ${agreement(ours, theirs[i])}`))
+  const detokenize = (ids) => renderer.detokenize(ids)
+  first.answers.forEach((ours, i) => console.log(`  ${i + 1}. ${agreement(Array.from(renderer.tokenize(ours)), theirs[i], detokenize)}`))
   await renderer.close()
   return { model: name, rounds: ROUNDS, results }
 }

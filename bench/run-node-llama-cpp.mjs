@@ -32,14 +32,14 @@ const run = await generate(chat.promptText, GEN_TOKENS + 1)
 const longRun = await generate(long.promptText, 1)
 const agentRun = await generate(agent.promptText, 1)
 const peakRss = peakRssMiB()
-/** A greedy answer token by token: each token's text and the two most probable tokens there. */
+/** A greedy answer token by token: each token's id and text, and the two most probable tokens there. */
 async function greedyAnswer(promptText) {
   await sequence.clearHistory()
   const steps = []
   for await (const { token, probabilities } of sequence.evaluateWithMetadata(model.tokenize(promptText, true), { probabilities: true }, { temperature: 0 })) {
     if (model.isEogToken(token)) break
     const top = [...probabilities.entries()].slice(0, 2).map(([t, p]) => ({ text: model.detokenize([t]), p }))
-    steps.push({ text: model.detokenize([token]), top })
+    steps.push({ id: token, text: model.detokenize([token]), top })
     if (steps.length >= GREEDY_TOKENS) break
   }
   return steps
