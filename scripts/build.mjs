@@ -4,8 +4,9 @@
 // It builds the whole workspace with all targets, exactly the feature set `cargo test --release
 // --workspace` (npm test) resolves, so tests reuse the addon's build instead of recompiling; and it
 // runs plain cargo (no --target, unlike the napi CLI) so both share target/release.
-//   QWEN_NATIVE_TARGET_CPU=x86-64-v3 node scripts/build.mjs   a portable build, for prebuilt packages
-// (the default is .cargo/config.toml's target-cpu=native: fastest, but only for this CPU).
+// The default build targets baseline x86-64 (or the platform's baseline) and runs on any CPU of the
+// platform: our kernels choose AVX2 or AVX-512 VNNI at run time. QWEN_NATIVE_TARGET_CPU=native (or a
+// level such as x86-64-v3) tunes the rest of the code to a CPU; pack.mjs refuses a native build.
 // The CUDA build is scripts/build-cuda.mjs (`npm run build:cuda`).
 import { spawnSync } from 'node:child_process'
 import { copyFileSync, existsSync, writeFileSync } from 'node:fs'
@@ -51,6 +52,6 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   cargo(['build', '--release', '--workspace', '--all-targets'], env)
   installAddon(process.env.CARGO_TARGET_DIR ?? join(root, 'target'), {
     features: [],
-    targetCpu: targetCpu ?? 'native',
+    targetCpu: targetCpu ?? 'baseline',
   })
 }

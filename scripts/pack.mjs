@@ -3,11 +3,11 @@
 // this platform (qwen-native-<os>-<cpu>[-<libc>], holding only the .node file) and the main package,
 // without the addon, naming the platform package as an optional dependency. Neither has an install
 // script, so npm 11 installs them with no script approval and no Rust toolchain.
-//   QWEN_NATIVE_TARGET_CPU=x86-64-v3 npm install && node scripts/pack.mjs [outDir]   (default: dist/)
+//   npm install && node scripts/pack.mjs [outDir]   (default: dist/)
 //   npm run build:cuda && node scripts/pack.mjs [outDir]   the CUDA prebuilt, qwen-native-<...>-cuda
 // Prints the two tarball paths. A release job runs this on each platform and publishes the results.
-// A build tuned to this machine's CPU (target-cpu=native, the default of `npm install`) is refused:
-// it could crash on other CPUs. `--allow-native` packs one anyway, for installing on this machine.
+// A build tuned to this machine's CPU (QWEN_NATIVE_TARGET_CPU=native) is refused: it could crash on
+// other CPUs. `--allow-native` packs one anyway, for installing on this machine.
 import { spawnSync } from 'node:child_process'
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -39,7 +39,7 @@ export function pack(outDir = path.join(root, 'dist'), { allowNative = false } =
   if (!existsSync(addon)) throw new Error(`${addon} is missing: run \`npm install\` (it builds the addon) first`)
   const build = buildInfo()
   if (build.targetCpu === 'native' && !allowNative) {
-    throw new Error('qwen-native.node was built for this CPU only (target-cpu=native); rebuild it portable with QWEN_NATIVE_TARGET_CPU=x86-64-v3 node scripts/build.mjs, or pass --allow-native')
+    throw new Error('qwen-native.node was built for this CPU only (target-cpu=native); rebuild it portable with node scripts/build.mjs (no QWEN_NATIVE_TARGET_CPU), or pass --allow-native')
   }
   mkdirSync(outDir, { recursive: true })
   const pkg = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8'))

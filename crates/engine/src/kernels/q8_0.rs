@@ -16,7 +16,7 @@ pub struct Q8Blocks {
 impl Q8Blocks {
     /// Quantizes row-major f32 values: per block the scale is max |x| / 127 and each value is
     /// x / scale rounded half away from zero, so every quant is within -127..=127. Large inputs
-    /// (a prompt's activations, weights re-blocked at load) are split between threads.
+    /// (a prompt's activations) are split between threads.
     pub fn quantize(values: &[f32], rows: usize, cols: usize) -> Self {
         assert!(
             cols.is_multiple_of(BLOCK),
