@@ -7,7 +7,7 @@
 //! steps the 16 rows' 4 quants. Quants are stored offset by 128 (as unsigned bytes, the operand VNNI
 //! takes unsigned); rows past the end of the matrix are zero.
 
-use super::q8_0::{amax, round_half_away, BLOCK};
+use super::q8_0::{amax, quantize_at, BLOCK};
 use candle_core::quantized::GgmlDType;
 use half::f16;
 use std::sync::Mutex;
@@ -191,14 +191,8 @@ fn quantize_row(values: &[f32], blocks: &mut [(f16, [i8; BLOCK])]) {
     for (x, to) in values.chunks_exact(BLOCK).zip(blocks) {
         let x: &[f32; BLOCK] = x.try_into().unwrap();
         let scale = f16::from_f32(amax(x) / 127.0);
-        let inverse = if scale.to_f32() > 0.0 {
-            1.0 / scale.to_f32()
-        } else {
-            0.0
-        };
-        let quants =
-            std::array::from_fn(|i| round_half_away(x[i] * inverse).clamp(-127, 127) as i8);
-        *to = (scale, quants);
+        quantize_at(x, scale.to_f32(), &mut to.1);
+        to.0 = scale;
     }
 }
 

@@ -93,15 +93,19 @@ impl Q8Blocks {
 /// target.
 #[inline(always)]
 fn quantize_block(x: &[f32; BLOCK], q: &mut [i8; BLOCK]) -> f32 {
-    let amax = x
-        .iter()
-        .fold(0f32, |m, &v| if v.abs() > m { v.abs() } else { m });
-    let scale = amax / 127.0;
+    let scale = amax(x) / 127.0;
+    quantize_at(x, scale, q);
+    scale
+}
+
+/// Each value of a block divided by `scale` (0 makes every quant 0), rounded half away from
+/// zero and kept within -127..=127: the one rounding rule of activations and weights.
+#[inline(always)]
+pub fn quantize_at(x: &[f32; BLOCK], scale: f32, q: &mut [i8; BLOCK]) {
     let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
     for (q, &v) in q.iter_mut().zip(x) {
-        *q = round_half_away(v * inverse) as i8;
+        *q = round_half_away(v * inverse).clamp(-127, 127) as i8;
     }
-    scale
 }
 
 /// The largest |x| of a block, over 8 lanes so that the compiler vectorizes it.
@@ -119,7 +123,7 @@ pub fn amax(x: &[f32; BLOCK]) -> f32 {
 /// `t.round() as i32` for |t| < 2²³ without a call to libm's `roundf` (which the baseline
 /// target has no instruction for): truncate, then step away from zero where the rest is ≥ ½.
 #[inline(always)]
-pub fn round_half_away(t: f32) -> i32 {
+fn round_half_away(t: f32) -> i32 {
     let whole = t as i32;
     let rest = t - whole as f32;
     whole + (rest >= 0.5) as i32 - (rest <= -0.5) as i32
