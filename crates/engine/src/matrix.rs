@@ -1,9 +1,9 @@
 //! A weight matrix as the model uses it: multiplied by activations, or read as embedding rows.
-//! 8-bit blocks on the CPU run our own kernels ([`crate::kernels`]); everything else (GPU
+//! Quantized weights on the CPU run our own kernels ([`crate::kernels`]); everything else (GPU
 //! weights, dense checkpoints, CPUs without them) runs candle's.
 
 use crate::kernels::q8_0::Q8Blocks;
-use crate::kernels::{self, packed::PackedQ8};
+use crate::kernels::{self, packed::Packed};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use std::borrow::Cow;
@@ -12,20 +12,20 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub enum Matrix {
     Candle(QMatMul),
-    /// (out_features, in_features) in 8-bit blocks, on the CPU.
-    Q8(Arc<PackedQ8>),
+    /// (out_features, in_features) packed for our kernels, on the CPU.
+    Packed(Arc<Packed>),
 }
 
 impl Matrix {
-    pub fn q8(blocks: PackedQ8) -> Self {
-        Self::Q8(Arc::new(blocks))
+    pub fn packed(weights: Packed) -> Self {
+        Self::Packed(Arc::new(weights))
     }
 
     /// `x` (..., in_features) times the matrix transposed: (..., out_features).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::Candle(m) => m.forward(x),
-            Self::Q8(w) => {
+            Self::Packed(w) => {
                 let mut dims = x.dims().to_vec();
                 let k = dims.pop().unwrap_or(0);
                 if k != w.cols() {
@@ -39,18 +39,18 @@ impl Matrix {
                 let values = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
                 let a = Q8Blocks::quantize(&values, rows, k);
                 let mut out = vec![0f32; rows * w.rows()];
-                kernels::matmul::matmul(kernels::level(), &a, w, &mut out);
+                w.matmul(kernels::level(), &a, &mut out);
                 dims.push(w.rows());
                 Tensor::from_vec(out, dims, &Device::Cpu)?.to_dtype(x.dtype())
             }
         }
     }
 
-    /// The rows at `ids` (any shape): (ids..., in_features), f32 for 8-bit blocks.
+    /// The rows at `ids` (any shape): (ids..., in_features), f32 for packed weights.
     pub fn embedding(&self, ids: &Tensor) -> Result<Tensor> {
         match self {
             Self::Candle(m) => m.embedding(ids),
-            Self::Q8(w) => rows_of(ids, w.rows(), w.cols(), |r, out| {
+            Self::Packed(w) => rows_of(ids, w.rows(), w.cols(), |r, out| {
                 w.dequantize_row(r, out);
                 Ok(())
             }),

@@ -1,5 +1,5 @@
 //! Activations in 8-bit blocks: every 32 values share one f32 scale, quantized one row at a time
-//! before a product with [`super::packed::PackedQ8`] weights.
+//! before a product with packed weights ([`super::packed`]).
 
 /// Values per block.
 pub const BLOCK: usize = 32;
@@ -11,7 +11,13 @@ pub struct Q8Blocks {
     /// One per block, row-major: `rows * cols / BLOCK`.
     scales: Vec<f32>,
     quants: Vec<i8>,
+    /// The sum of each half block's quants (16 values), row-major: weight formats with an offset
+    /// or a minimum subtract a multiple of it.
+    sums: Vec<i32>,
 }
+
+/// Values per half block (the sub-block of Q6_K weights).
+pub const HALF: usize = BLOCK / 2;
 
 impl Q8Blocks {
     /// Quantizes row-major f32 values: per block the scale is max |x| / 127 and each value is
@@ -29,32 +35,39 @@ impl Q8Blocks {
         );
         let mut scales = vec![0f32; values.len() / BLOCK];
         let mut quants = vec![0i8; values.len()];
+        let mut sums = vec![0i32; values.len() / HALF];
         /// Blocks per unit of work: 16 KiB of input.
         const BLOCKS_PER_ITEM: usize = 128;
-        let quantize_blocks = |values: &[f32], scales: &mut [f32], quants: &mut [i8]| {
-            for ((x, q), scale) in values
-                .chunks_exact(BLOCK)
-                .zip(quants.chunks_exact_mut(BLOCK))
-                .zip(scales)
-            {
-                *scale = quantize_block(x.try_into().unwrap(), q.try_into().unwrap());
-            }
-        };
+        let quantize_blocks =
+            |values: &[f32], scales: &mut [f32], quants: &mut [i8], sums: &mut [i32]| {
+                for (((x, q), scale), sums) in values
+                    .chunks_exact(BLOCK)
+                    .zip(quants.chunks_exact_mut(BLOCK))
+                    .zip(scales)
+                    .zip(sums.chunks_exact_mut(2))
+                {
+                    *scale = quantize_block(x.try_into().unwrap(), q.try_into().unwrap());
+                    for (sum, half) in sums.iter_mut().zip(q.chunks_exact(HALF)) {
+                        *sum = half.iter().map(|&q| q as i32).sum();
+                    }
+                }
+            };
         if scales.len() <= BLOCKS_PER_ITEM {
-            quantize_blocks(values, &mut scales, &mut quants);
+            quantize_blocks(values, &mut scales, &mut quants, &mut sums);
         } else {
             // Uncontended locks hand each thread its own slices.
             let work: Vec<_> = values
                 .chunks(BLOCKS_PER_ITEM * BLOCK)
                 .zip(scales.chunks_mut(BLOCKS_PER_ITEM))
                 .zip(quants.chunks_mut(BLOCKS_PER_ITEM * BLOCK))
-                .map(|((v, s), q)| std::sync::Mutex::new((v, s, q)))
+                .zip(sums.chunks_mut(2 * BLOCKS_PER_ITEM))
+                .map(|(((v, s), q), h)| std::sync::Mutex::new((v, s, q, h)))
                 .collect();
             candle_core::utils::barrier_pool().execute_chunked(work.len(), |items| {
                 for item in &work[items] {
                     let mut item = item.lock().unwrap_or_else(|e| e.into_inner());
-                    let (values, scales, quants) = &mut *item;
-                    quantize_blocks(values, scales, quants);
+                    let (values, scales, quants, sums) = &mut *item;
+                    quantize_blocks(values, scales, quants, sums);
                 }
             });
         }
@@ -63,6 +76,7 @@ impl Q8Blocks {
             cols,
             scales,
             quants,
+            sums,
         }
     }
 
@@ -83,9 +97,14 @@ impl Q8Blocks {
         )
     }
 
-    /// All quants, row-major.
-    pub fn quants(&self) -> &[i8] {
-        &self.quants
+    /// Every block's scale, row-major.
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+
+    /// Every half block's sum of quants, row-major.
+    pub fn half_sums(&self) -> &[i32] {
+        &self.sums
     }
 }
 
@@ -160,6 +179,10 @@ mod tests {
                 .map(|v| (v * (1.0 / scale)).round() as i8)
                 .collect();
             assert_eq!(&got.quants[b * BLOCK..][..BLOCK], &want[..], "block {b}");
+            for (h, want) in want.chunks_exact(HALF).enumerate() {
+                let want: i32 = want.iter().map(|&q| q as i32).sum();
+                assert_eq!(got.sums[2 * b + h], want, "block {b} half {h}");
+            }
         }
     }
 }

@@ -6,7 +6,8 @@ use super::{
 };
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
-use crate::kernels::{self, packed::PackedQ8, Level};
+use crate::kernels::packed::{q8::PackedQ8, Packed};
+use crate::kernels::{self, Level};
 use crate::matrix::{dequantize_gguf, Embedding, MappedRows, Matrix};
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
@@ -130,12 +131,11 @@ fn is_float(dtype: GgmlDType) -> bool {
     matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
 }
 
-/// Our own CPU kernels run every quantized type as 8-bit blocks with f16 scales: Q8_0, Q5_0 and
-/// Q4_0 without loss, the others dequantized and re-blocked at load (at most a half-step of 8-bit
-/// rounding per weight; more bytes than Q4_K/Q6_K, but one kernel whose results do not depend on
-/// how many rows it multiplies, so an answer is the same alone, in a batch, or after a cached
-/// prefix).
-fn as_q8_on_cpu(dtype: GgmlDType) -> bool {
+/// Our own CPU kernels run every quantized type: Q8_0, Q5_0, Q4_0, Q4_K and Q6_K without loss,
+/// the others dequantized and re-rounded to 8-bit blocks at load (at most a half-step of 8-bit
+/// rounding per weight). Their results do not depend on how many rows they multiply, so an
+/// answer is the same alone, in a batch, or after a cached prefix.
+fn packed_on_cpu(dtype: GgmlDType) -> bool {
     !is_float(dtype)
 }
 
@@ -150,8 +150,8 @@ impl GgufSource<'_> {
         self.placement.device.is_cpu() && kernels::level() > Level::Scalar
     }
 
-    /// A matrix as packed 8-bit blocks for our CPU kernels.
-    fn packed_q8(&mut self, name: WeightName) -> Result<PackedQ8> {
+    /// A matrix packed for our CPU kernels.
+    fn packed(&mut self, name: WeightName) -> Result<Packed> {
         let info = self.info(name)?;
         let dtype = info.ggml_dtype;
         let (rows, cols) = info
@@ -161,14 +161,14 @@ impl GgufSource<'_> {
         let start = (self.content.tensor_data_offset + info.offset) as usize;
         let bytes = tensor_bytes(info) as usize;
         let data = &self.map[start..start + bytes];
-        let packed = match PackedQ8::from_gguf(dtype, data, rows, cols) {
+        let packed = match Packed::from_gguf(dtype, data, rows, cols) {
             Some(packed) => packed,
-            // Other types (the K-quants) re-rounded to 8 bits, a row at a time.
+            // Other types re-rounded to 8 bits, a row at a time.
             None if cols.is_multiple_of(dtype.block_size()) => {
                 let row_bytes = MappedRows::row_bytes(dtype, cols);
-                PackedQ8::quantize_rows(rows, cols, |r, out| {
+                Packed::Q8(PackedQ8::quantize_rows(rows, cols, |r, out| {
                     dequantize_gguf(dtype, &data[r * row_bytes..(r + 1) * row_bytes], out)
-                })?
+                })?)
             }
             None => {
                 return Err(EngineError::load(format!(
@@ -219,7 +219,7 @@ impl WeightSource for GgufSource<'_> {
                 let dense = t.dequantize(&device)?.to_dtype(dtype)?;
                 Ok(Matrix::Candle(QMatMul::Tensor(dense)))
             }
-            d if as_q8_on_cpu(d) && self.ours_on_cpu() => Ok(Matrix::q8(self.packed_q8(name)?)),
+            d if packed_on_cpu(d) && self.ours_on_cpu() => Ok(Matrix::packed(self.packed(name)?)),
             d if slow_on_cpu(d) && device.is_cpu() => {
                 // No SIMD kernels of ours here (not x86-64): candle's Q8_0 has NEON code, its
                 // 4-6 bit types only scalar code.

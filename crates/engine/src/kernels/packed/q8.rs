@@ -1,19 +1,19 @@
-//! Weight matrices laid out for the product kernels. Rows (output features) go in groups of 16,
-//! interleaved 4 bytes at a time: one 512-bit vector holds the same 4 inputs of all 16 rows, so a
-//! VNNI byte product adds into 16 outputs at once and no sum ever crosses lanes. The same layout
-//! is the "B" operand of AMX tiles.
+//! 8-bit quants with an f16 scale per row and block of 32.
 //!
-//! Per group and block of 32 inputs: the 16 rows' f16 scales, then for each of the 8 four-byte
-//! steps the 16 rows' 4 quants. Quants are stored offset by 128 (as unsigned bytes, the operand VNNI
-//! takes unsigned); rows past the end of the matrix are zero.
+//! Per group and block: the 16 rows' f16 scales, then for each of the 8 four-byte steps the 16
+//! rows' 4 quants. Quants are stored offset by 128 (as unsigned bytes, the operand VNNI takes
+//! unsigned); rows past the end of the matrix are zero.
+//!
+//! The product, per output and block in order: `acc = fma(dot, scale_a * scale_w, acc)`, where
+//! `dot` is the block's exact integer dot product.
 
-use super::q8_0::{amax, quantize_at, BLOCK};
+use super::{fill_groups, interleaved, lanes, GROUP};
+use crate::kernels::matmul::{four, Tile, Weights};
+use crate::kernels::q8_0::{amax, quantize_at, Q8Blocks, BLOCK};
+use crate::kernels::Level;
 use candle_core::quantized::GgmlDType;
 use half::f16;
-use std::sync::Mutex;
 
-/// Rows per group.
-pub const GROUP: usize = 16;
 /// Bytes of one group's scales for one block.
 pub const SCALE_BYTES: usize = 2 * GROUP;
 /// Bytes of one group's block: scales, then quants.
@@ -40,46 +40,30 @@ impl PackedQ8 {
             "{cols} columns are not whole blocks"
         );
         let blocks = cols / BLOCK;
-        let group_bytes = blocks * GROUP_BLOCK_BYTES;
-        // Quant 0x80 is the value 0, scale 0 too: what the padding rows hold.
-        let mut data = vec![0x80u8; rows.div_ceil(GROUP) * group_bytes];
-        for at in data.chunks_exact_mut(GROUP_BLOCK_BYTES) {
-            at[..SCALE_BYTES].fill(0);
-        }
-        let failure = Mutex::new(None);
-        // Uncontended locks hand each thread its own groups.
-        let groups: Vec<_> = data.chunks_mut(group_bytes).map(Mutex::new).collect();
-        candle_core::utils::barrier_pool().execute_chunked(groups.len(), |range| {
-            let mut row_blocks = vec![(f16::ZERO, [0i8; BLOCK]); blocks];
-            for g in range {
-                let mut bytes = groups[g].lock().unwrap_or_else(|e| e.into_inner());
-                for lane in 0..GROUP.min(rows - g * GROUP) {
-                    if let Err(e) = row(g * GROUP + lane, &mut row_blocks) {
-                        failure
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .get_or_insert(e);
-                        return;
-                    }
+        let data = fill_groups(
+            rows.div_ceil(GROUP),
+            blocks * GROUP_BLOCK_BYTES,
+            |g, bytes| {
+                // Quant 0x80 is the value 0, scale 0 too: what the padding rows hold.
+                for at in bytes.chunks_exact_mut(GROUP_BLOCK_BYTES) {
+                    at[SCALE_BYTES..].fill(0x80);
+                }
+                let mut row_blocks = vec![(f16::ZERO, [0i8; BLOCK]); blocks];
+                for (lane, r) in lanes(g, rows) {
+                    row(r, &mut row_blocks)?;
                     for (at, (scale, quants)) in
                         bytes.chunks_exact_mut(GROUP_BLOCK_BYTES).zip(&row_blocks)
                     {
                         at[2 * lane..2 * lane + 2].copy_from_slice(&scale.to_le_bytes());
-                        for (step, four) in quants.chunks_exact(4).enumerate() {
-                            let to = SCALE_BYTES + step * 4 * GROUP + 4 * lane;
-                            for (to, &q) in at[to..to + 4].iter_mut().zip(four) {
-                                *to = q as u8 ^ 0x80;
-                            }
+                        for (i, &q) in quants.iter().enumerate() {
+                            at[SCALE_BYTES + interleaved(i, lane)] = q as u8 ^ 0x80;
                         }
                     }
                 }
-            }
-        });
-        drop(groups);
-        match failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            Some(e) => Err(e),
-            None => Ok(Self { rows, cols, data }),
-        }
+                Ok(())
+            },
+        )?;
+        Ok(Self { rows, cols, data })
     }
 
     /// Quantizes row-major f32 values: per block the scale is max |x| / 127 rounded to f16, and
@@ -148,10 +132,6 @@ impl PackedQ8 {
         self.cols / BLOCK
     }
 
-    pub fn groups(&self) -> usize {
-        self.rows.div_ceil(GROUP)
-    }
-
     /// Bytes held (for memory accounting).
     pub fn size_in_bytes(&self) -> usize {
         self.data.len()
@@ -168,9 +148,7 @@ impl PackedQ8 {
         let at = &self.group(r / GROUP)[b * GROUP_BLOCK_BYTES..][..GROUP_BLOCK_BYTES];
         let lane = r % GROUP;
         let scale = f16::from_le_bytes([at[2 * lane], at[2 * lane + 1]]).to_f32();
-        let quants = std::array::from_fn(|i| {
-            (at[SCALE_BYTES + (i / 4) * 4 * GROUP + 4 * lane + i % 4] ^ 0x80) as i8
-        });
+        let quants = std::array::from_fn(|i| (at[SCALE_BYTES + interleaved(i, lane)] ^ 0x80) as i8);
         (scale, quants)
     }
 
@@ -227,36 +205,145 @@ fn gguf_block(dtype: GgmlDType, block: &[u8]) -> (f16, [i8; BLOCK]) {
     (scale, quants)
 }
 
+impl Weights for PackedQ8 {
+    /// Per block, -128 times the sum of the activations' quants: VNNI multiplies unsigned bytes
+    /// (the weights, offset by 128) by signed ones, so each block's sum starts there.
+    type Term = i32;
+
+    fn terms(a: &Q8Blocks) -> Vec<i32> {
+        let sums = a.half_sums().chunks_exact(2);
+        sums.map(|s| -128 * (s[0] + s[1])).collect()
+    }
+
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn tile<const R: usize>(&self, level: Level, tile: &Tile<'_, i32>) {
+        match level {
+            // SAFETY: the level is at most what the CPU was detected to run.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512Vnni => unsafe { x86::tile_vnni512::<R>(self, tile) },
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => unsafe { x86::tile_avx2::<R>(self, tile) },
+            _ => self.tile_scalar::<R>(tile),
+        }
+    }
+}
+
+impl PackedQ8 {
+    /// The reference.
+    fn tile_scalar<const R: usize>(&self, tile: &Tile<'_, i32>) {
+        for (r, a) in tile.rows::<R>().iter().enumerate() {
+            let mut acc = [0f32; GROUP];
+            for b in 0..self.blocks() {
+                let a_quants = &a.quants[b * BLOCK..][..BLOCK];
+                for (lane, acc) in acc.iter_mut().enumerate().take(tile.columns) {
+                    let (w_scale, w_quants) = self.block(tile.group * GROUP + lane, b);
+                    let dot: i32 = a_quants
+                        .iter()
+                        .zip(w_quants)
+                        .map(|(&a, w)| a as i32 * w as i32)
+                        .sum();
+                    *acc = (dot as f32).mul_add(a.scales[b] * w_scale, *acc);
+                }
+            }
+            tile.store(r, &acc);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// Bytes ahead in a group's stream to prefetch (about four blocks).
+    const PREFETCH_AHEAD: usize = 4 * GROUP_BLOCK_BYTES;
+    /// Cache lines per block of a group.
+    const LINES: usize = GROUP_BLOCK_BYTES.div_ceil(64);
+
+    /// The reference on 512-bit vectors: a vector holds the 16 columns of the group.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn tile_vnni512<const R: usize>(w: &PackedQ8, tile: &Tile<'_, i32>) {
+        let group = w.group(tile.group);
+        let a = tile.rows::<R>();
+        let mut acc = [_mm512_setzero_ps(); R];
+        for b in 0..w.blocks() {
+            let at = group.as_ptr().add(b * GROUP_BLOCK_BYTES);
+            for line in 0..LINES {
+                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH_AHEAD + 64 * line) as _);
+            }
+            let w_scale = _mm512_cvtph_ps(_mm256_loadu_si256(at as *const __m256i));
+            let w: [__m512i; 8] = std::array::from_fn(|step| {
+                _mm512_loadu_si512(at.add(SCALE_BYTES + step * 4 * GROUP) as *const _)
+            });
+            for (acc, a) in acc.iter_mut().zip(&a) {
+                let mut dot = _mm512_set1_epi32(*a.terms.get_unchecked(b));
+                for (step, w) in w.iter().enumerate() {
+                    let a = _mm512_set1_epi32(four(a.quants, b, step));
+                    dot = _mm512_dpbusd_epi32(dot, *w, a);
+                }
+                let scale = _mm512_mul_ps(_mm512_set1_ps(*a.scales.get_unchecked(b)), w_scale);
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, *acc);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let mut values = [0f32; GROUP];
+            _mm512_storeu_ps(values.as_mut_ptr(), *acc);
+            tile.store(r, &values);
+        }
+    }
+
+    /// The reference on 256-bit vectors: the group's columns in two halves of 8.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn tile_avx2<const R: usize>(w: &PackedQ8, tile: &Tile<'_, i32>) {
+        let group = w.group(tile.group);
+        let a = tile.rows::<R>();
+        let (offset, ones) = (_mm256_set1_epi8(0x80u8 as i8), _mm256_set1_epi16(1));
+        let mut values = [[0f32; GROUP]; R];
+        for half in 0..2 {
+            let mut acc = [_mm256_setzero_ps(); R];
+            for b in 0..w.blocks() {
+                let at = group.as_ptr().add(b * GROUP_BLOCK_BYTES);
+                let w_scale = _mm256_cvtph_ps(_mm_loadu_si128(at.add(16 * half) as *const __m128i));
+                let mut dot = [_mm256_setzero_si256(); R];
+                for step in 0..8 {
+                    let stored = at.add(SCALE_BYTES + step * 4 * GROUP + 32 * half);
+                    let w = _mm256_xor_si256(_mm256_loadu_si256(stored as *const __m256i), offset);
+                    // maddubs multiplies unsigned by signed bytes: |w| by a·sign(w). Exact:
+                    // every pair sum fits i16 because |a| ≤ 127 and |w| ≤ 128.
+                    let abs_w = _mm256_abs_epi8(w);
+                    for (dot, a) in dot.iter_mut().zip(&a) {
+                        let a = _mm256_sign_epi8(_mm256_set1_epi32(four(a.quants, b, step)), w);
+                        let pairs = _mm256_maddubs_epi16(abs_w, a);
+                        *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(pairs, ones));
+                    }
+                }
+                for ((acc, dot), a) in acc.iter_mut().zip(dot).zip(&a) {
+                    let scale = _mm256_mul_ps(_mm256_set1_ps(*a.scales.get_unchecked(b)), w_scale);
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, *acc);
+                }
+            }
+            for (values, acc) in values.iter_mut().zip(acc) {
+                _mm256_storeu_ps(values.as_mut_ptr().add(8 * half), acc);
+            }
+        }
+        for (r, values) in values.iter().enumerate() {
+            tile.store(r, values);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernels::random_values as random;
     use crate::sampling::Rng;
-    use candle_core::quantized::QTensor;
-    use candle_core::{Device, Tensor};
-
-    #[test]
-    fn gguf_types_pack_without_loss() {
-        let mut rng = Rng::new(5);
-        // 19 rows: a group and a partial one.
-        let (rows, cols) = (19, 3 * BLOCK);
-        let values = random(&mut rng, rows * cols, 3.0);
-        let tensor = Tensor::from_vec(values, (rows, cols), &Device::Cpu).unwrap();
-        for dtype in [GgmlDType::Q8_0, GgmlDType::Q5_0, GgmlDType::Q4_0] {
-            let q = QTensor::quantize(&tensor, dtype).unwrap();
-            let want = q
-                .dequantize(&Device::Cpu)
-                .unwrap()
-                .to_vec2::<f32>()
-                .unwrap();
-            let packed = PackedQ8::from_gguf(dtype, &q.data().unwrap(), rows, cols).unwrap();
-            for (r, want) in want.iter().enumerate() {
-                let mut got = vec![0f32; cols];
-                packed.dequantize_row(r, &mut got);
-                assert_eq!(&got, want, "{dtype:?} row {r}");
-            }
-        }
-    }
 
     #[test]
     fn quantized_rows_are_within_half_a_step() {
