@@ -6,7 +6,7 @@
 //! that sequence. So a row's result does not depend on the SIMD level, on how many rows are
 //! multiplied together, or on how the work is split between threads.
 
-use super::packed::GROUP;
+use super::packed::{Groups, GROUP};
 use super::q8_0::Q8Blocks;
 use super::Level;
 
@@ -14,18 +14,49 @@ use super::Level;
 /// independent chains of VNNI products to hide their latency.
 const ROW_TILE: usize = 8;
 
-/// A packed weight format: its shape and its product for one tile.
+/// A packed weight format: its groups of rows and its product for one tile, at each level.
 pub trait Weights: Sync {
     /// What the product needs of the activations besides scales and quants (offsets, scaled
     /// sums), computed once per product so that the kernels read it rather than derive it.
     type Term: Copy + Sync;
 
-    fn rows(&self) -> usize;
-    fn cols(&self) -> usize;
+    fn groups(&self) -> &Groups;
     /// The activations' terms, row-major: the same number for every row.
     fn terms(a: &Q8Blocks) -> Vec<Self::Term>;
-    /// Writes the tile's `R` rows × 16 columns of the product.
-    fn tile<const R: usize>(&self, level: Level, tile: &Tile<'_, Self::Term>);
+    /// The reference: writes the tile's `R` rows × 16 columns of the product.
+    fn tile_scalar<const R: usize>(&self, tile: &Tile<'_, Self::Term>);
+    /// The reference's bits on 256-bit vectors.
+    ///
+    /// # Safety
+    /// The CPU runs AVX2, FMA and F16C.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile_avx2<const R: usize>(&self, tile: &Tile<'_, Self::Term>);
+    /// The reference's bits on 512-bit vectors.
+    ///
+    /// # Safety
+    /// The CPU runs AVX-512 F, BW and VNNI, and AVX2, FMA and F16C.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile_vnni512<const R: usize>(&self, tile: &Tile<'_, Self::Term>);
+
+    fn rows(&self) -> usize {
+        self.groups().rows()
+    }
+
+    fn cols(&self) -> usize {
+        self.groups().cols()
+    }
+
+    /// The tile at `level`.
+    fn tile<const R: usize>(&self, level: Level, tile: &Tile<'_, Self::Term>) {
+        match level {
+            // SAFETY: the level is at most what the CPU was detected to run.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512Vnni => unsafe { self.tile_vnni512::<R>(tile) },
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => unsafe { self.tile_avx2::<R>(tile) },
+            _ => self.tile_scalar::<R>(tile),
+        }
+    }
 }
 
 /// `out` (m × n, row-major) = `a` (m × k) · `w`ᵀ, for `w` (n × k). Threads split the weight

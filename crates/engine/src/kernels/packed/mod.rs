@@ -13,10 +13,11 @@ pub mod q4_k;
 pub mod q6_k;
 pub mod q8;
 
-use super::matmul::matmul;
+use super::matmul::{matmul, Weights};
 use super::q8_0::Q8Blocks;
 use super::Level;
 use candle_core::quantized::GgmlDType;
+use std::convert::Infallible;
 use std::sync::Mutex;
 
 /// Rows per group.
@@ -43,29 +44,25 @@ impl Packed {
         }
     }
 
-    pub fn rows(&self) -> usize {
+    fn groups(&self) -> &Groups {
         match self {
-            Self::Q8(w) => w.rows(),
-            Self::Q4K(w) => w.rows(),
-            Self::Q6K(w) => w.rows(),
+            Self::Q8(w) => w.groups(),
+            Self::Q4K(w) => w.groups(),
+            Self::Q6K(w) => w.groups(),
         }
     }
 
+    pub fn rows(&self) -> usize {
+        self.groups().rows()
+    }
+
     pub fn cols(&self) -> usize {
-        match self {
-            Self::Q8(w) => w.cols(),
-            Self::Q4K(w) => w.cols(),
-            Self::Q6K(w) => w.cols(),
-        }
+        self.groups().cols()
     }
 
     /// Bytes held (for memory accounting).
     pub fn size_in_bytes(&self) -> usize {
-        match self {
-            Self::Q8(w) => w.size_in_bytes(),
-            Self::Q4K(w) => w.size_in_bytes(),
-            Self::Q6K(w) => w.size_in_bytes(),
-        }
+        self.groups().size_in_bytes()
     }
 
     /// The format's name: "q8", "q4_k" or "q6_k".
@@ -96,36 +93,79 @@ impl Packed {
     }
 }
 
-/// The bytes of `groups` groups of `group_bytes` each, zeroed and then filled by
-/// `fill(g, bytes)` on all threads; the first failure is returned.
-fn fill_groups<E: Send>(
-    groups: usize,
+/// A matrix's bytes in groups of 16 rows (the last one padded), the same number of bytes each.
+#[derive(Debug, Clone)]
+pub struct Groups {
+    rows: usize,
+    cols: usize,
     group_bytes: usize,
-    fill: impl Fn(usize, &mut [u8]) -> Result<(), E> + Sync,
-) -> Result<Vec<u8>, E> {
-    let mut data = vec![0u8; groups * group_bytes];
-    let failure = Mutex::new(None);
-    // Uncontended locks hand each thread its own groups.
-    let slices: Vec<_> = data
-        .chunks_mut(group_bytes.max(1))
-        .map(Mutex::new)
-        .collect();
-    candle_core::utils::barrier_pool().execute_chunked(slices.len(), |range| {
-        for g in range {
-            let mut bytes = slices[g].lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = fill(g, &mut bytes) {
-                failure
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_or_insert(e);
-                return;
+    data: Vec<u8>,
+}
+
+impl Groups {
+    /// The groups of a `rows` × `cols` matrix, zeroed and then filled by `fill(g, bytes)` on all
+    /// threads; the first failure is returned.
+    fn fill<E: Send>(
+        rows: usize,
+        cols: usize,
+        group_bytes: usize,
+        fill: impl Fn(usize, &mut [u8]) -> Result<(), E> + Sync,
+    ) -> Result<Self, E> {
+        let mut data = vec![0u8; rows.div_ceil(GROUP) * group_bytes];
+        let failure = Mutex::new(None);
+        // Uncontended locks hand each thread its own groups.
+        let slices: Vec<_> = data
+            .chunks_mut(group_bytes.max(1))
+            .map(Mutex::new)
+            .collect();
+        candle_core::utils::barrier_pool().execute_chunked(slices.len(), |range| {
+            for g in range {
+                let mut bytes = slices[g].lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = fill(g, &mut bytes) {
+                    failure
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(e);
+                    return;
+                }
             }
+        });
+        drop(slices);
+        match failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(Self {
+                rows,
+                cols,
+                group_bytes,
+                data,
+            }),
         }
-    });
-    drop(slices);
-    match failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(data),
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes held (for memory accounting).
+    pub fn size_in_bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Group `g`'s bytes.
+    pub fn group(&self, g: usize) -> &[u8] {
+        &self.data[g * self.group_bytes..(g + 1) * self.group_bytes]
+    }
+}
+
+/// The value of a result that cannot fail.
+fn infallible<T>(result: Result<T, Infallible>) -> T {
+    match result {
+        Ok(value) => value,
+        Err(never) => match never {},
     }
 }
 

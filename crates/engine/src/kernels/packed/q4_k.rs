@@ -10,10 +10,9 @@
 //! The product, per output and block in order, with `a` the activations' scale and `Σa` the
 //! sum of their quants: `acc = fma(dot, a·(d·sc), acc)`, then `acc = fma(−(a·Σa), dmin·m, acc)`.
 
-use super::{fill_groups, interleaved, lanes, GROUP, SUPER};
+use super::{infallible, interleaved, lanes, Groups, GROUP, SUPER};
 use crate::kernels::matmul::{four, Tile, Weights};
 use crate::kernels::q8_0::{Q8Blocks, BLOCK};
-use crate::kernels::Level;
 use half::f16;
 
 /// Blocks of 32 per super-block.
@@ -33,9 +32,7 @@ const GGUF_BYTES: usize = 4 + 12 + SUPER / 2;
 /// A `rows` × `cols` Q4_K matrix (`cols` a multiple of 256).
 #[derive(Debug, Clone)]
 pub struct PackedQ4K {
-    rows: usize,
-    cols: usize,
-    data: Vec<u8>,
+    groups: Groups,
 }
 
 /// One GGUF super-block, unpacked.
@@ -84,7 +81,7 @@ impl PackedQ4K {
         if !cols.is_multiple_of(SUPER) || bytes.len() != rows * row_bytes {
             return None;
         }
-        let data = fill_groups(rows.div_ceil(GROUP), supers * SUPER_BYTES, |g, group| {
+        let groups = Groups::fill(rows, cols, supers * SUPER_BYTES, |g, group| {
             for (lane, r) in lanes(g, rows) {
                 let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
                 for (block, at) in row
@@ -104,40 +101,20 @@ impl PackedQ4K {
                     }
                 }
             }
-            Ok::<_, std::convert::Infallible>(())
+            Ok(())
         });
-        match data {
-            Ok(data) => Some(Self { rows, cols, data }),
-            Err(never) => match never {},
-        }
-    }
-
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    pub fn cols(&self) -> usize {
-        self.cols
+        Some(Self {
+            groups: infallible(groups),
+        })
     }
 
     fn supers(&self) -> usize {
-        self.cols / SUPER
-    }
-
-    /// Bytes held (for memory accounting).
-    pub fn size_in_bytes(&self) -> usize {
-        self.data.len()
-    }
-
-    /// Group `g`'s bytes: its super-blocks in order, [`SUPER_BYTES`] each.
-    fn group(&self, g: usize) -> &[u8] {
-        let bytes = self.supers() * SUPER_BYTES;
-        &self.data[g * bytes..(g + 1) * bytes]
+        self.groups.cols() / SUPER
     }
 
     /// Row `r`'s `d·sc`, `dmin·m` and quants in block `b`.
     fn block(&self, r: usize, b: usize) -> (f32, f32, [u8; BLOCK]) {
-        let at = &self.group(r / GROUP)[(b / BLOCKS) * SUPER_BYTES..][..SUPER_BYTES];
+        let at = &self.groups.group(r / GROUP)[(b / BLOCKS) * SUPER_BYTES..][..SUPER_BYTES];
         let (lane, j) = (r % GROUP, b % BLOCKS);
         let f16_at = |i: usize| f16::from_le_bytes([at[i], at[i + 1]]).to_f32();
         let scale = f16_at(2 * lane) * at[SCALES + 2 * GROUP * j + lane] as f32;
@@ -170,32 +147,24 @@ impl Weights for PackedQ4K {
             .collect()
     }
 
-    fn rows(&self) -> usize {
-        self.rows
+    fn groups(&self) -> &Groups {
+        &self.groups
     }
 
-    fn cols(&self) -> usize {
-        self.cols
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile_avx2<const R: usize>(&self, tile: &Tile<'_, f32>) {
+        unsafe { x86::tile_avx2::<R>(self, tile) }
     }
 
-    fn tile<const R: usize>(&self, level: Level, tile: &Tile<'_, f32>) {
-        match level {
-            // SAFETY: the level is at most what the CPU was detected to run.
-            #[cfg(target_arch = "x86_64")]
-            Level::Avx512Vnni => unsafe { x86::tile_vnni512::<R>(self, tile) },
-            #[cfg(target_arch = "x86_64")]
-            Level::Avx2 => unsafe { x86::tile_avx2::<R>(self, tile) },
-            _ => self.tile_scalar::<R>(tile),
-        }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile_vnni512<const R: usize>(&self, tile: &Tile<'_, f32>) {
+        unsafe { x86::tile_vnni512::<R>(self, tile) }
     }
-}
 
-impl PackedQ4K {
-    /// The reference.
     fn tile_scalar<const R: usize>(&self, tile: &Tile<'_, f32>) {
         for (r, a) in tile.rows::<R>().iter().enumerate() {
             let mut acc = [0f32; GROUP];
-            for b in 0..self.cols / BLOCK {
+            for b in 0..self.groups.cols() / BLOCK {
                 let a_quants = &a.quants[b * BLOCK..][..BLOCK];
                 let a_min = a.terms[b];
                 for (lane, acc) in acc.iter_mut().enumerate().take(tile.columns) {
@@ -225,7 +194,7 @@ mod x86 {
     /// The reference on 512-bit vectors: a vector holds the 16 columns of the group.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn tile_vnni512<const R: usize>(w: &PackedQ4K, tile: &Tile<'_, f32>) {
-        let group = w.group(tile.group);
+        let group = w.groups.group(tile.group);
         let a = tile.rows::<R>();
         let nibble = _mm512_set1_epi8(0x0f);
         let mut acc = [_mm512_setzero_ps(); R];
@@ -274,7 +243,7 @@ mod x86 {
     /// The reference on 256-bit vectors: the group's columns in two halves of 8.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn tile_avx2<const R: usize>(w: &PackedQ4K, tile: &Tile<'_, f32>) {
-        let group = w.group(tile.group);
+        let group = w.groups.group(tile.group);
         let a = tile.rows::<R>();
         let (nibble, ones) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi16(1));
         let mut values = [[0f32; GROUP]; R];

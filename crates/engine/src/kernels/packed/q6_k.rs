@@ -9,10 +9,9 @@
 //! The product, per output and half block in order, with `a` the activations' scale and `Σa` the
 //! sum of their quants in the half: `acc = fma(dot − 32·Σa, a·(d·sc), acc)`.
 
-use super::{fill_groups, interleaved, lanes, GROUP, SUPER};
+use super::{infallible, interleaved, lanes, Groups, GROUP, SUPER};
 use crate::kernels::matmul::{four, Tile, Weights};
 use crate::kernels::q8_0::{Q8Blocks, BLOCK, HALF};
-use crate::kernels::Level;
 use half::f16;
 
 /// Blocks of 32 per super-block.
@@ -31,9 +30,7 @@ const GGUF_BYTES: usize = SUPER / 2 + SUPER / 4 + SUPER / HALF + 2;
 /// A `rows` × `cols` Q6_K matrix (`cols` a multiple of 256).
 #[derive(Debug, Clone)]
 pub struct PackedQ6K {
-    rows: usize,
-    cols: usize,
-    data: Vec<u8>,
+    groups: Groups,
 }
 
 /// The 256 quants (0..64) of a GGUF super-block: each 128 values take 64 bytes of nibbles
@@ -62,7 +59,7 @@ impl PackedQ6K {
         if !cols.is_multiple_of(SUPER) || bytes.len() != rows * row_bytes {
             return None;
         }
-        let data = fill_groups(rows.div_ceil(GROUP), supers * SUPER_BYTES, |g, group| {
+        let groups = Groups::fill(rows, cols, supers * SUPER_BYTES, |g, group| {
             for (lane, r) in lanes(g, rows) {
                 let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
                 for (block, at) in row
@@ -83,40 +80,20 @@ impl PackedQ6K {
                     }
                 }
             }
-            Ok::<_, std::convert::Infallible>(())
+            Ok(())
         });
-        match data {
-            Ok(data) => Some(Self { rows, cols, data }),
-            Err(never) => match never {},
-        }
-    }
-
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    pub fn cols(&self) -> usize {
-        self.cols
+        Some(Self {
+            groups: infallible(groups),
+        })
     }
 
     fn supers(&self) -> usize {
-        self.cols / SUPER
-    }
-
-    /// Bytes held (for memory accounting).
-    pub fn size_in_bytes(&self) -> usize {
-        self.data.len()
-    }
-
-    /// Group `g`'s bytes: its super-blocks in order, [`SUPER_BYTES`] each.
-    fn group(&self, g: usize) -> &[u8] {
-        let bytes = self.supers() * SUPER_BYTES;
-        &self.data[g * bytes..(g + 1) * bytes]
+        self.groups.cols() / SUPER
     }
 
     /// Row `r`'s `d·sc` for both halves and its quants in block `b`.
     fn block(&self, r: usize, b: usize) -> ([f32; 2], [u8; BLOCK]) {
-        let at = &self.group(r / GROUP)[(b / BLOCKS) * SUPER_BYTES..][..SUPER_BYTES];
+        let at = &self.groups.group(r / GROUP)[(b / BLOCKS) * SUPER_BYTES..][..SUPER_BYTES];
         let (lane, j) = (r % GROUP, b % BLOCKS);
         let d = f16::from_le_bytes([at[2 * lane], at[2 * lane + 1]]).to_f32();
         let scales =
@@ -147,32 +124,24 @@ impl Weights for PackedQ6K {
         a.half_sums().iter().map(|s| -32 * s).collect()
     }
 
-    fn rows(&self) -> usize {
-        self.rows
+    fn groups(&self) -> &Groups {
+        &self.groups
     }
 
-    fn cols(&self) -> usize {
-        self.cols
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile_avx2<const R: usize>(&self, tile: &Tile<'_, i32>) {
+        unsafe { x86::tile_avx2::<R>(self, tile) }
     }
 
-    fn tile<const R: usize>(&self, level: Level, tile: &Tile<'_, i32>) {
-        match level {
-            // SAFETY: the level is at most what the CPU was detected to run.
-            #[cfg(target_arch = "x86_64")]
-            Level::Avx512Vnni => unsafe { x86::tile_vnni512::<R>(self, tile) },
-            #[cfg(target_arch = "x86_64")]
-            Level::Avx2 => unsafe { x86::tile_avx2::<R>(self, tile) },
-            _ => self.tile_scalar::<R>(tile),
-        }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile_vnni512<const R: usize>(&self, tile: &Tile<'_, i32>) {
+        unsafe { x86::tile_vnni512::<R>(self, tile) }
     }
-}
 
-impl PackedQ6K {
-    /// The reference.
     fn tile_scalar<const R: usize>(&self, tile: &Tile<'_, i32>) {
         for (r, a) in tile.rows::<R>().iter().enumerate() {
             let mut acc = [0f32; GROUP];
-            for b in 0..self.cols / BLOCK {
+            for b in 0..self.groups.cols() / BLOCK {
                 for (lane, acc) in acc.iter_mut().enumerate().take(tile.columns) {
                     let (scales, w_quants) = self.block(tile.group * GROUP + lane, b);
                     for h in 0..2 {
@@ -203,7 +172,7 @@ mod x86 {
     /// The reference on 512-bit vectors: a vector holds the 16 columns of the group.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn tile_vnni512<const R: usize>(w: &PackedQ6K, tile: &Tile<'_, i32>) {
-        let group = w.group(tile.group);
+        let group = w.groups.group(tile.group);
         let a = tile.rows::<R>();
         let mut acc = [_mm512_setzero_ps(); R];
         for s in 0..w.supers() {
@@ -249,7 +218,7 @@ mod x86 {
     /// The reference on 256-bit vectors: the group's columns in two halves of 8.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn tile_avx2<const R: usize>(w: &PackedQ6K, tile: &Tile<'_, i32>) {
-        let group = w.group(tile.group);
+        let group = w.groups.group(tile.group);
         let a = tile.rows::<R>();
         let ones = _mm256_set1_epi16(1);
         let mut values = [[0f32; GROUP]; R];

@@ -7,10 +7,9 @@
 //! The product, per output and block in order: `acc = fma(dot, scale_a * scale_w, acc)`, where
 //! `dot` is the block's exact integer dot product.
 
-use super::{fill_groups, interleaved, lanes, GROUP};
+use super::{infallible, interleaved, lanes, Groups, GROUP};
 use crate::kernels::matmul::{four, Tile, Weights};
 use crate::kernels::q8_0::{amax, quantize_at, Q8Blocks, BLOCK};
-use crate::kernels::Level;
 use candle_core::quantized::GgmlDType;
 use half::f16;
 
@@ -22,9 +21,7 @@ pub const GROUP_BLOCK_BYTES: usize = SCALE_BYTES + GROUP * BLOCK;
 /// A `rows` × `cols` matrix of 8-bit quants with an f16 scale per row and block of 32.
 #[derive(Debug, Clone)]
 pub struct PackedQ8 {
-    rows: usize,
-    cols: usize,
-    data: Vec<u8>,
+    groups: Groups,
 }
 
 impl PackedQ8 {
@@ -40,30 +37,26 @@ impl PackedQ8 {
             "{cols} columns are not whole blocks"
         );
         let blocks = cols / BLOCK;
-        let data = fill_groups(
-            rows.div_ceil(GROUP),
-            blocks * GROUP_BLOCK_BYTES,
-            |g, bytes| {
-                // Quant 0x80 is the value 0, scale 0 too: what the padding rows hold.
-                for at in bytes.chunks_exact_mut(GROUP_BLOCK_BYTES) {
-                    at[SCALE_BYTES..].fill(0x80);
-                }
-                let mut row_blocks = vec![(f16::ZERO, [0i8; BLOCK]); blocks];
-                for (lane, r) in lanes(g, rows) {
-                    row(r, &mut row_blocks)?;
-                    for (at, (scale, quants)) in
-                        bytes.chunks_exact_mut(GROUP_BLOCK_BYTES).zip(&row_blocks)
-                    {
-                        at[2 * lane..2 * lane + 2].copy_from_slice(&scale.to_le_bytes());
-                        for (i, &q) in quants.iter().enumerate() {
-                            at[SCALE_BYTES + interleaved(i, lane)] = q as u8 ^ 0x80;
-                        }
+        let groups = Groups::fill(rows, cols, blocks * GROUP_BLOCK_BYTES, |g, bytes| {
+            // Quant 0x80 is the value 0, scale 0 too: what the padding rows hold.
+            for at in bytes.chunks_exact_mut(GROUP_BLOCK_BYTES) {
+                at[SCALE_BYTES..].fill(0x80);
+            }
+            let mut row_blocks = vec![(f16::ZERO, [0i8; BLOCK]); blocks];
+            for (lane, r) in lanes(g, rows) {
+                row(r, &mut row_blocks)?;
+                for (at, (scale, quants)) in
+                    bytes.chunks_exact_mut(GROUP_BLOCK_BYTES).zip(&row_blocks)
+                {
+                    at[2 * lane..2 * lane + 2].copy_from_slice(&scale.to_le_bytes());
+                    for (i, &q) in quants.iter().enumerate() {
+                        at[SCALE_BYTES + interleaved(i, lane)] = q as u8 ^ 0x80;
                     }
                 }
-                Ok(())
-            },
-        )?;
-        Ok(Self { rows, cols, data })
+            }
+            Ok(())
+        })?;
+        Ok(Self { groups })
     }
 
     /// Quantizes row-major f32 values: per block the scale is max |x| / 127 rounded to f16, and
@@ -74,14 +67,10 @@ impl PackedQ8 {
             rows * cols,
             "values for a {rows}x{cols} matrix"
         );
-        let packed = Self::from_rows(rows, cols, |r, blocks| {
+        infallible(Self::from_rows(rows, cols, |r, blocks| {
             quantize_row(&values[r * cols..(r + 1) * cols], blocks);
-            Ok::<_, std::convert::Infallible>(())
-        });
-        match packed {
-            Ok(packed) => packed,
-            Err(never) => match never {},
-        }
+            Ok(())
+        }))
     }
 
     /// Quantizes rows produced one at a time by `row(r, values)` (e.g. dequantized from a file),
@@ -107,45 +96,22 @@ impl PackedQ8 {
         if !cols.is_multiple_of(BLOCK) || bytes.len() != rows * row_bytes {
             return None;
         }
-        let packed = Self::from_rows(rows, cols, |r, blocks| {
+        Some(infallible(Self::from_rows(rows, cols, |r, blocks| {
             let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
             for (block, to) in row.chunks_exact(block_bytes).zip(blocks) {
                 *to = gguf_block(dtype, block);
             }
-            Ok::<_, std::convert::Infallible>(())
-        });
-        match packed {
-            Ok(packed) => Some(packed),
-            Err(never) => match never {},
-        }
-    }
-
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    pub fn cols(&self) -> usize {
-        self.cols
+            Ok(())
+        })))
     }
 
     pub fn blocks(&self) -> usize {
-        self.cols / BLOCK
-    }
-
-    /// Bytes held (for memory accounting).
-    pub fn size_in_bytes(&self) -> usize {
-        self.data.len()
-    }
-
-    /// Group `g`'s bytes: its blocks in order, [`GROUP_BLOCK_BYTES`] each.
-    pub fn group(&self, g: usize) -> &[u8] {
-        let bytes = self.blocks() * GROUP_BLOCK_BYTES;
-        &self.data[g * bytes..(g + 1) * bytes]
+        self.groups.cols() / BLOCK
     }
 
     /// Row `r`'s scale and quants in block `b`.
     pub fn block(&self, r: usize, b: usize) -> (f32, [i8; BLOCK]) {
-        let at = &self.group(r / GROUP)[b * GROUP_BLOCK_BYTES..][..GROUP_BLOCK_BYTES];
+        let at = &self.groups.group(r / GROUP)[b * GROUP_BLOCK_BYTES..][..GROUP_BLOCK_BYTES];
         let lane = r % GROUP;
         let scale = f16::from_le_bytes([at[2 * lane], at[2 * lane + 1]]).to_f32();
         let quants = std::array::from_fn(|i| (at[SCALE_BYTES + interleaved(i, lane)] ^ 0x80) as i8);
@@ -215,28 +181,20 @@ impl Weights for PackedQ8 {
         sums.map(|s| -128 * (s[0] + s[1])).collect()
     }
 
-    fn rows(&self) -> usize {
-        self.rows
+    fn groups(&self) -> &Groups {
+        &self.groups
     }
 
-    fn cols(&self) -> usize {
-        self.cols
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile_avx2<const R: usize>(&self, tile: &Tile<'_, i32>) {
+        unsafe { x86::tile_avx2::<R>(self, tile) }
     }
 
-    fn tile<const R: usize>(&self, level: Level, tile: &Tile<'_, i32>) {
-        match level {
-            // SAFETY: the level is at most what the CPU was detected to run.
-            #[cfg(target_arch = "x86_64")]
-            Level::Avx512Vnni => unsafe { x86::tile_vnni512::<R>(self, tile) },
-            #[cfg(target_arch = "x86_64")]
-            Level::Avx2 => unsafe { x86::tile_avx2::<R>(self, tile) },
-            _ => self.tile_scalar::<R>(tile),
-        }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile_vnni512<const R: usize>(&self, tile: &Tile<'_, i32>) {
+        unsafe { x86::tile_vnni512::<R>(self, tile) }
     }
-}
 
-impl PackedQ8 {
-    /// The reference.
     fn tile_scalar<const R: usize>(&self, tile: &Tile<'_, i32>) {
         for (r, a) in tile.rows::<R>().iter().enumerate() {
             let mut acc = [0f32; GROUP];
@@ -270,7 +228,7 @@ mod x86 {
     /// The reference on 512-bit vectors: a vector holds the 16 columns of the group.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn tile_vnni512<const R: usize>(w: &PackedQ8, tile: &Tile<'_, i32>) {
-        let group = w.group(tile.group);
+        let group = w.groups.group(tile.group);
         let a = tile.rows::<R>();
         let mut acc = [_mm512_setzero_ps(); R];
         for b in 0..w.blocks() {
@@ -302,7 +260,7 @@ mod x86 {
     /// The reference on 256-bit vectors: the group's columns in two halves of 8.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn tile_avx2<const R: usize>(w: &PackedQ8, tile: &Tile<'_, i32>) {
-        let group = w.group(tile.group);
+        let group = w.groups.group(tile.group);
         let a = tile.rows::<R>();
         let (offset, ones) = (_mm256_set1_epi8(0x80u8 as i8), _mm256_set1_epi16(1));
         let mut values = [[0f32; GROUP]; R];
