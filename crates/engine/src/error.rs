@@ -70,8 +70,41 @@ pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 
 impl From<candle_core::Error> for EngineError {
     fn from(e: candle_core::Error) -> Self {
-        Self::Internal(e.to_string())
+        Self::Internal(candle_cause(&e))
+    }
+}
+
+/// A candle error's message without the backtrace candle attaches when `RUST_BACKTRACE` is set:
+/// errors carry their cause, not a stack.
+pub(crate) fn candle_cause(e: &candle_core::Error) -> String {
+    use candle_core::Error;
+    match e {
+        Error::WithBacktrace { inner, .. } => candle_cause(inner),
+        Error::Context { inner, context } => format!("{context}: {}", candle_cause(inner)),
+        Error::WithPath { inner, path } => format!("{}: {}", path.display(), candle_cause(inner)),
+        e => e.to_string(),
     }
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candle_errors_carry_their_cause_without_a_backtrace() {
+        let traced = candle_core::Error::WithBacktrace {
+            inner: Box::new(candle_core::Error::Msg("the cause".into())),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        assert!(
+            traced.to_string().lines().count() > 1,
+            "candle prints the stack"
+        );
+        assert_eq!(
+            EngineError::from(traced).to_string(),
+            "internal error: the cause"
+        );
+    }
+}

@@ -5,7 +5,7 @@ use super::{
     ProgressFn, WeightName, WeightSource,
 };
 use crate::config::ModelConfig;
-use crate::error::{EngineError, Result};
+use crate::error::{candle_cause, EngineError, Result};
 use crate::kernels::packed::{q8::PackedQ8, Packed};
 use crate::kernels::{self, Level};
 use crate::matrix::{dequantize_gguf, Embedding, MappedRows, Matrix};
@@ -38,8 +38,18 @@ impl<'p> GgufSource<'p> {
                 path.display()
             )));
         }
+        // candle divides by the declared alignment (a zero panics there); llama.cpp requires a
+        // power of two.
+        if let Some(alignment) = declared_alignment(&map) {
+            if !alignment.is_power_of_two() {
+                return Err(EngineError::load(format!(
+                    "{} is corrupt: general.alignment is {alignment}, not a power of two",
+                    path.display()
+                )));
+            }
+        }
         let content = gguf_file::Content::read(&mut Cursor::new(&map[..])).map_err(|e| {
-            let e = e.to_string();
+            let e = candle_cause(&e);
             match e.strip_prefix("unknown dtype for tensor ") {
                 Some(code) => EngineError::load(format!(
                     "{} uses GGML tensor type {code}, which qwen-native does not support (use F32, F16, BF16, Q4_0-Q8_0 or a K-quant)",
@@ -114,10 +124,101 @@ impl<'p> GgufSource<'p> {
         let t = self
             .content
             .tensor(&mut Cursor::new(&self.map[..]), &key, device)
-            .map_err(|e| EngineError::load(format!("cannot read tensor {key}: {e}")))?;
+            .map_err(|e| {
+                EngineError::load(format!("cannot read tensor {key}: {}", candle_cause(&e)))
+            })?;
         release_mapped(&self.map[start..start + bytes as usize]);
         self.placement.advance(bytes);
         Ok(t)
+    }
+}
+
+/// The `general.alignment` a GGUF (version 2 or later) declares in its metadata, when it has a
+/// non-negative integer one (candle ignores negative ones); `None` if it has none or the header
+/// cannot be walked this far.
+fn declared_alignment(bytes: &[u8]) -> Option<u64> {
+    let mut r = HeaderReader { bytes, at: 4 };
+    if r.u32()? < 2 {
+        return None; // version 1 counts in 32 bits; candle reads it as it is
+    }
+    r.take(8)?; // tensors
+    for _ in 0..r.u64()? {
+        let key_len = r.len()?;
+        let key = r.take(key_len)?;
+        let kind = r.u32()?;
+        if key == b"general.alignment" {
+            let v = r.take(scalar_size(kind)?)?;
+            let value = match kind {
+                0 => v[0] as i64,
+                1 => v[0] as i8 as i64,
+                2 => u16::from_le_bytes([v[0], v[1]]) as i64,
+                3 => i16::from_le_bytes([v[0], v[1]]) as i64,
+                4 => u32::from_le_bytes([v[0], v[1], v[2], v[3]]) as i64,
+                5 => i32::from_le_bytes([v[0], v[1], v[2], v[3]]) as i64,
+                _ => return None,
+            };
+            return u64::try_from(value).ok();
+        }
+        match kind {
+            8 => r.skip_string()?,
+            9 => {
+                let item = r.u32()?;
+                let count = usize::try_from(r.u64()?).ok()?;
+                if item == 8 {
+                    for _ in 0..count {
+                        r.skip_string()?;
+                    }
+                } else {
+                    r.take(scalar_size(item)?.checked_mul(count)?)?;
+                }
+            }
+            _ => {
+                r.take(scalar_size(kind)?)?;
+            }
+        }
+    }
+    None
+}
+
+/// Bytes of a GGUF metadata value of a fixed-size type.
+fn scalar_size(kind: u32) -> Option<usize> {
+    match kind {
+        0 | 1 | 7 => Some(1),
+        2 | 3 => Some(2),
+        4..=6 => Some(4),
+        10..=12 => Some(8),
+        _ => None,
+    }
+}
+
+/// Little-endian reads through a GGUF header, `None` past its end.
+struct HeaderReader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> HeaderReader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let taken = self.bytes.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(taken)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn len(&mut self) -> Option<usize> {
+        usize::try_from(self.u64()?).ok()
+    }
+
+    fn skip_string(&mut self) -> Option<()> {
+        let len = self.len()?;
+        self.take(len).map(|_| ())
     }
 }
 

@@ -6,7 +6,7 @@ use super::{
     ProgressFn, WeightName, WeightSource,
 };
 use crate::config::ModelConfig;
-use crate::error::{EngineError, Result};
+use crate::error::{candle_cause, EngineError, Result};
 use crate::matrix::Matrix;
 use crate::sampling::SamplingParams;
 use crate::template::ChatTemplate;
@@ -68,8 +68,9 @@ impl<'p> HfDirSource<'p> {
         // SAFETY: read-only mappings kept alive by `MmapedSafetensors`.
         let tensors = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| {
             EngineError::load(format!(
-                "cannot read safetensors in {}: {e} (truncated or corrupt file?)",
-                dir.display()
+                "cannot read safetensors in {}: {} (truncated or corrupt file?)",
+                dir.display(),
+                candle_cause(&e)
             ))
         })?;
         let total = tensors
@@ -107,7 +108,9 @@ impl<'p> HfDirSource<'p> {
             .tensors
             .load(&key, &self.placement.device)
             .and_then(|t| t.to_dtype(self.placement.dtype()))
-            .map_err(|e| EngineError::load(format!("cannot load tensor {key}: {e}")))?;
+            .map_err(|e| {
+                EngineError::load(format!("cannot load tensor {key}: {}", candle_cause(&e)))
+            })?;
         release_mapped(data);
         self.placement.advance(data.len() as u64);
         Ok(t)

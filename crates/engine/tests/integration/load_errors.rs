@@ -21,6 +21,11 @@ fn scratch(name: &str) -> PathBuf {
 
 /// A minimal GGUF v3 file: string metadata and one 32-element tensor of GGML type `ggml_type`.
 fn gguf_bytes(arch: &str, ggml_type: u32, data_len: usize) -> Vec<u8> {
+    gguf_bytes_with(arch, ggml_type, data_len, None)
+}
+
+/// A GGUF of one tensor, with `general.alignment` (a u32) when given.
+fn gguf_bytes_with(arch: &str, ggml_type: u32, data_len: usize, alignment: Option<u32>) -> Vec<u8> {
     let mut b = b"GGUF".to_vec();
     let string = |b: &mut Vec<u8>, s: &str| {
         b.extend((s.len() as u64).to_le_bytes());
@@ -28,10 +33,15 @@ fn gguf_bytes(arch: &str, ggml_type: u32, data_len: usize) -> Vec<u8> {
     };
     b.extend(3u32.to_le_bytes());
     b.extend(1u64.to_le_bytes()); // tensors
-    b.extend(1u64.to_le_bytes()); // metadata entries
+    b.extend((1 + alignment.is_some() as u64).to_le_bytes()); // metadata entries
     string(&mut b, "general.architecture");
     b.extend(8u32.to_le_bytes()); // GGUF string
     string(&mut b, arch);
+    if let Some(alignment) = alignment {
+        string(&mut b, "general.alignment");
+        b.extend(4u32.to_le_bytes()); // GGUF u32
+        b.extend(alignment.to_le_bytes());
+    }
     string(&mut b, "token_embd.weight");
     b.extend(1u32.to_le_bytes());
     b.extend(32u64.to_le_bytes());
@@ -91,4 +101,15 @@ fn unsupported_quantization_and_truncation_are_refused() {
     let e = load_err(&path);
     assert_eq!(e.code(), "ERR_MODEL_LOAD");
     assert!(e.to_string().contains("truncated"), "{e}");
+}
+
+#[test]
+fn a_zero_alignment_is_a_load_error_not_a_panic() {
+    for (alignment, name) in [(0, "zero-align.gguf"), (12, "odd-align.gguf")] {
+        let path = scratch(name);
+        std::fs::write(&path, gguf_bytes_with("qwen2", 0, 128, Some(alignment))).unwrap();
+        let e = load_err(&path);
+        assert_eq!(e.code(), "ERR_MODEL_LOAD");
+        assert!(e.to_string().contains("general.alignment is"), "{e}");
+    }
 }
