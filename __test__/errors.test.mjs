@@ -24,6 +24,8 @@ test('bad requests reject with ERR_INVALID_REQUEST naming the problem', async ()
     [{ messages: user('hi'), temperature: 'hot' }, /temperature/],
     [{ messages: user('hi'), stop: [''] }, /stop/],
     [{ messages: user('hi'), n: 2 }, /`n`/],
+    [{ messages: user('hi'), seed: 1.5 }, /`seed` must be an integer/],
+    [{ messages: user('hi'), seed: 2 ** 70 }, /`seed` must be an integer/],
     [{ messages: user('hi'), tool_choice: 'always', tools: [{ type: 'function', function: { name: 'f' } }] }, /tool_choice/],
     ['not an object', /object/],
   ]
@@ -35,6 +37,20 @@ test('bad requests reject with ERR_INVALID_REQUEST naming the problem', async ()
   assert.match(streamErr.message, /at least one/)
   const after = await m.chat({ messages: PARIS, temperature: 0 })
   assert.match(after.choices[0].message.content, /Paris/)
+})
+
+test('integers beyond 32 bits are integers: seeds from Date.now() and 2 ** 63, huge max_tokens, token ids', async () => {
+  const m = await model()
+  const request = { messages: PARIS, temperature: 0.8, max_tokens: 8 }
+  for (const seed of [Date.now(), 2 ** 63, -1]) {
+    const [a, b] = [await m.chat({ ...request, seed }), await m.chat({ ...request, seed })]
+    assert.equal(a.choices[0].message.content, b.choices[0].message.content, `seed ${seed}`)
+  }
+  const err = await rejectsWithCode(assert, m.chat({ messages: PARIS, max_tokens: 1e12 }), 'ERR_CONTEXT_LENGTH')
+  assert.match(err.message, /32768/)
+  for (const ids of [[2 ** 33], [-1], [1.5], [m.info.vocabSize]]) {
+    assert.throws(() => m.detokenize(ids), (e) => e.code === 'ERR_INVALID_REQUEST' && /token id/.test(e.message), JSON.stringify(ids))
+  }
 })
 
 test('a prompt plus max_tokens beyond the context is ERR_CONTEXT_LENGTH, not a truncation', async () => {

@@ -60,8 +60,11 @@ impl NativeModel {
     }
 
     #[napi]
-    pub fn detokenize(&self, ids: Vec<u32>) -> napi::Result<String> {
-        guard(|| Ok(self.open()?.tokenizer().decode(&ids)))
+    pub fn detokenize(&self, ids: Vec<f64>) -> napi::Result<String> {
+        guard(|| {
+            let tokenizer = self.open()?.tokenizer();
+            Ok(tokenizer.decode(&tokenizer.ids_of(&ids).map_err(to_napi)?))
+        })
     }
 
     #[napi]

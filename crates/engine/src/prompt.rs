@@ -20,7 +20,7 @@ pub fn prepare_prompt(
         None if room >= 1 => Ok((prompt, room)),
         requested => Err(EngineError::ContextLength(format!(
             "this model's context is {context_length} tokens, but the request needs {} ({} in the messages, {} to generate); shorten the conversation{}",
-            prompt.len() + requested.unwrap_or(1),
+            prompt.len().saturating_add(requested.unwrap_or(1)),
             prompt.len(),
             requested.unwrap_or(1),
             if requested.is_some() { " or lower max_tokens" } else { "" }

@@ -43,7 +43,7 @@ impl ChatRequest {
             None => return invalid("`messages` is required"),
         };
         if let Some(n) = body.get("n").filter(|v| !v.is_null()) {
-            if n.as_u64() != Some(1) {
+            if integer(n) != Some(1) {
                 return invalid("`n` must be 1: qwen-native returns one choice per request");
             }
         }
@@ -68,17 +68,25 @@ impl ChatRequest {
                 None => defaults.top_p,
             },
             top_k: match body.get("top_k").filter(|v| !v.is_null()) {
-                Some(v) => v.as_u64().map(|k| k as usize).ok_or_else(|| {
-                    EngineError::invalid("`top_k` must be a non-negative integer")
-                })?,
+                Some(v) => match integer(v) {
+                    Some(k) if k >= 0 => usize::try_from(k).unwrap_or(usize::MAX),
+                    _ => {
+                        return invalid(format!("`top_k` must be a non-negative integer, got {v}"))
+                    }
+                },
                 None => defaults.top_k,
             },
             seed: match body.get("seed").filter(|v| !v.is_null()) {
-                Some(v) => Some(
-                    v.as_u64()
-                        .or_else(|| v.as_i64().map(|s| s as u64))
-                        .ok_or_else(|| EngineError::invalid("`seed` must be an integer"))?,
-                ),
+                // Any 64-bit integer, signed or not (clients send `Date.now()` and random
+                // 63-bit values); negative ones keep their bits.
+                Some(v) => match integer(v) {
+                    Some(s) if (i64::MIN as i128..=u64::MAX as i128).contains(&s) => Some(s as u64),
+                    _ => {
+                        return invalid(format!(
+                            "`seed` must be an integer from -2^63 to 2^64 - 1, got {v}"
+                        ))
+                    }
+                },
                 None => None,
             },
             repetition_penalty: match number_in(body, "repetition_penalty", 0.0, 10.0)? {
@@ -124,11 +132,27 @@ impl ChatRequest {
     }
 }
 
+/// A positive integer; values beyond the address space become `usize::MAX` (the prompt check then
+/// reports that they do not fit the context).
 fn positive_int(v: &Value, name: &str) -> Result<usize> {
-    match v.as_u64() {
-        Some(n) if n >= 1 => Ok(n as usize),
+    match integer(v) {
+        Some(n) if n >= 1 => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
         _ => invalid(format!("`{name}` must be a positive integer, got {v}")),
     }
+}
+
+/// A JSON number that is a whole number, also when it arrives as a float: JavaScript numbers
+/// above 2^31 (`Date.now()`, `2 ** 63`) cross napi as f64.
+fn integer(v: &Value) -> Option<i128> {
+    if let Some(n) = v.as_i64() {
+        return Some(n.into());
+    }
+    if let Some(n) = v.as_u64() {
+        return Some(n.into());
+    }
+    let x = v.as_f64()?;
+    // Beyond 2^100 no seed or count makes sense, and the cast stays exact below it.
+    (x.fract() == 0.0 && x.abs() < 2f64.powi(100)).then_some(x as i128)
 }
 
 fn number_in(body: &Map<String, Value>, name: &str, lo: f64, hi: f64) -> Result<Option<f32>> {
@@ -334,5 +358,24 @@ mod tests {
         );
         assert_eq!(r.stop, vec!["END"]);
         assert_eq!(r.max_tokens, Some(5));
+    }
+
+    #[test]
+    fn whole_numbers_beyond_32_bits_are_integers() {
+        let with = |field: &str, value: Value| {
+            let mut body = json!({"messages": [{"role": "user", "content": "x"}]});
+            body[field] = value;
+            body
+        };
+        // JavaScript numbers above 2^31 cross napi as floats.
+        let seed = |v: Value| check(with("seed", v)).unwrap().sampling.seed;
+        assert_eq!(seed(json!(1_732_800_000_000.0f64)), Some(1_732_800_000_000));
+        assert_eq!(seed(json!(9.223372036854776e18)), Some(1 << 63));
+        assert_eq!(seed(json!(-5)), Some(-5i64 as u64));
+        assert!(message_of(with("seed", json!(1.5))).contains("`seed` must be an integer"));
+        assert!(message_of(with("seed", json!(1e30))).contains("`seed` must be an integer"));
+        let r = check(with("max_tokens", json!(1e12))).unwrap();
+        assert_eq!(r.max_tokens, Some(1_000_000_000_000));
+        assert_eq!(check(with("n", json!(1.0))).unwrap().messages.len(), 1);
     }
 }

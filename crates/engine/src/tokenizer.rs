@@ -190,6 +190,25 @@ impl Tokenizer {
         self.pieces.len()
     }
 
+    /// Token ids given as numbers (as JavaScript passes them): each a whole number below the
+    /// vocabulary size, never wrapped into range.
+    pub fn ids_of(&self, numbers: &[f64]) -> Result<Vec<u32>> {
+        let n = self.vocab_size();
+        numbers
+            .iter()
+            .map(|&x| {
+                if x.fract() == 0.0 && x >= 0.0 && x < n as f64 {
+                    Ok(x as u32)
+                } else {
+                    Err(EngineError::invalid(format!(
+                        "token id {x} is not one of the vocabulary's {n} ids (0 to {})",
+                        n - 1
+                    )))
+                }
+            })
+            .collect()
+    }
+
     /// Texts of the control tokens (recognised only in template markup).
     pub fn control_tokens(&self) -> Vec<&str> {
         self.added
