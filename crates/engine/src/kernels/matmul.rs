@@ -141,6 +141,13 @@ impl<'a, T> Tile<'a, T> {
         })
     }
 
+    /// Writes the 16 results of each of the tile's rows, in order.
+    pub fn store_rows(&self, rows: &[[f32; GROUP]]) {
+        for (r, values) in rows.iter().enumerate() {
+            self.store(r, values);
+        }
+    }
+
     /// Writes row `r`'s 16 results, dropping the padding rows' columns.
     pub fn store(&self, r: usize, values: &[f32; GROUP]) {
         let at = (self.first_row + r) * self.out.n + self.group * GROUP;

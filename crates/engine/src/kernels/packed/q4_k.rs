@@ -233,11 +233,8 @@ mod x86 {
                 }
             }
         }
-        for (r, acc) in acc.iter().enumerate() {
-            let mut values = [0f32; GROUP];
-            _mm512_storeu_ps(values.as_mut_ptr(), *acc);
-            tile.store(r, &values);
-        }
+        // SAFETY: a vector of 16 f32 is laid out as the array of them.
+        tile.store_rows(&std::mem::transmute_copy::<_, [[f32; GROUP]; R]>(&acc));
     }
 
     /// The reference on 256-bit vectors: the group's columns in two halves of 8.
@@ -288,8 +285,6 @@ mod x86 {
                 _mm256_storeu_ps(values.as_mut_ptr().add(8 * half), acc);
             }
         }
-        for (r, values) in values.iter().enumerate() {
-            tile.store(r, values);
-        }
+        tile.store_rows(&values);
     }
 }
