@@ -5,6 +5,7 @@ import assert from 'node:assert/strict'
 import { mkdtemp, mkdir, writeFile, symlink, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
+import { execFileSync } from 'node:child_process'
 import { ToolRegistry, createDefaultTools } from '../server/agentTools.mjs'
 
 let base // holds the sandbox and, beside it, a secret the sandbox must not reveal
@@ -74,6 +75,23 @@ test('sandbox escapes fail: "..", absolute paths, links out, oversized and binar
     const r = await call('list_files', { path: p })
     assert.equal(r.ok, false, `list_files(${JSON.stringify(p)}) must fail`)
   }
+})
+
+test('a FIFO in the sandbox is refused at once, without holding a libuv thread', { skip: process.platform === 'win32' }, async () => {
+  const sandbox = await mkdtemp(path.join(base, 'fifo-'))
+  execFileSync('mkfifo', [path.join(sandbox, 'pipe')])
+  await symlink(path.join(sandbox, 'pipe'), path.join(sandbox, 'to-pipe'))
+  // A short timeout: a read that blocked would come back as a timeout, not a refusal.
+  const fifoTools = createDefaultTools({ sandboxDir: sandbox, timeoutMs: 3000 })
+  const run = (name, args) => fifoTools.run({ id: 'call_1', function: { name, arguments: JSON.stringify(args) } })
+  for (const p of ['pipe', 'to-pipe']) {
+    const r = await run('read_file', { path: p })
+    assert.equal(r.ok, false)
+    assert.match(r.error, /not a regular file/, p)
+  }
+  assert.equal((await run('list_files', { path: 'pipe' })).ok, false)
+  const list = await run('list_files', { path: '.' })
+  assert.deepEqual(list.result.entries.map((e) => [e.name, e.type]), [['pipe', 'other'], ['to-pipe', 'link']])
 })
 
 test('arguments are validated before a tool runs; failures come back as tool results', async () => {

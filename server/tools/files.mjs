@@ -70,14 +70,23 @@ export function fileTools({ root, maxBytes = 256 * 1024 }) {
       },
       async run({ path: relative }) {
         const real = await resolveInside(relative)
-        // O_NOFOLLOW: a link swapped in after the check above is refused rather than followed.
-        const file = await open(real, constants.O_RDONLY | constants.O_NOFOLLOW).catch((err) => {
+        // The type is checked before opening: opening a FIFO waits for a writer, holding one of
+        // libuv's four threads (and with them every fs call of the server) for good.
+        const checked = await lstat(real)
+        const refuseSize = ({ size }) => {
+          if (size > maxBytes) throw new Error(`refused: "${relative}" is ${size} bytes, over the ${maxBytes}-byte limit`)
+        }
+        if (!checked.isFile()) throw new Error(`"${relative}" is not a regular file`)
+        refuseSize(checked)
+        // Anything swapped in after the check is refused: a link by O_NOFOLLOW, a FIFO by
+        // O_NONBLOCK (it opens at once) and the identity check below.
+        const file = await open(real, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK).catch((err) => {
           throw new Error(`cannot open "${relative}" (${err.code})`)
         })
         try {
           const info = await file.stat()
-          if (!info.isFile()) throw new Error(`"${relative}" is not a regular file`)
-          if (info.size > maxBytes) throw new Error(`refused: "${relative}" is ${info.size} bytes, over the ${maxBytes}-byte limit`)
+          if (!info.isFile() || info.ino !== checked.ino || info.dev !== checked.dev) throw new Error(`"${relative}" changed while it was opened`)
+          refuseSize(info)
           const bytes = Buffer.alloc(info.size)
           const { bytesRead } = await file.read(bytes, 0, info.size, 0)
           const data = bytes.subarray(0, bytesRead)
