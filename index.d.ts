@@ -274,7 +274,7 @@ export declare class Model {
   chat(request: ChatCompletionRequest, options?: RequestOptions): Promise<ChatCompletion>
   /** Breaking out of `for await` cancels the generation. */
   chatStream(request: ChatCompletionRequest, options?: RequestOptions): AsyncIterableIterator<ChatCompletionChunk>
-  /** Plain-text tokenization: control-token text such as `<|im_start|>` stays text. */
+  /** Plain-text tokenization: the text of added tokens such as `<|im_start|>` or `<tool_call>` stays text. */
   tokenize(text: string): Uint32Array
   detokenize(ids: Uint32Array | number[]): string
   applyChatTemplate(messages: ChatMessage[], options?: { tools?: FunctionTool[]; addGenerationPrompt?: boolean }): string

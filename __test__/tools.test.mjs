@@ -131,6 +131,27 @@ test('response_format json_schema and json_object answers parse and validate', a
   assert.ok(parsed !== null && !Array.isArray(parsed))
 })
 
+test('tool parameters with $defs refs, as Pydantic and zod-to-json-schema write them, constrain calls', async () => {
+  const m = await model()
+  const paint = {
+    type: 'function',
+    function: {
+      name: 'paint_wall',
+      description: 'Paint a wall a color',
+      parameters: {
+        $defs: { Color: { type: 'string', enum: ['red', 'green', 'blue'] } },
+        type: 'object',
+        properties: { color: { $ref: '#/$defs/Color' } },
+        required: ['color'],
+      },
+    },
+  }
+  const res = await m.chat({ messages: [{ role: 'user', content: 'Paint the wall blue.' }], tools: [paint], tool_choice: 'required', temperature: 0, max_tokens: 40 })
+  const [call] = res.choices[0].message.tool_calls
+  assert.equal(call.function.name, 'paint_wall')
+  assert.ok(['red', 'green', 'blue'].includes(JSON.parse(call.function.arguments).color))
+})
+
 test('invalid tool definitions and tool_choice values are ERR_INVALID_REQUEST naming the problem', async () => {
   const m = await model()
   const cases = [

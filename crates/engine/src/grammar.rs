@@ -24,9 +24,11 @@ fn json_style() -> Value {
 pub fn tool_call_lark(tools: &[&ToolSpec]) -> String {
     let variants: Vec<Value> = tools
         .iter()
-        .map(|t| {
+        .enumerate()
+        .map(|(i, t)| {
             let mut arguments = t.parameters.clone();
             close_objects(&mut arguments);
+            rebase_refs(&mut arguments, &format!("#/anyOf/{i}/properties/arguments"));
             json!({
                 "type": "object",
                 "properties": { "name": { "const": t.name }, "arguments": arguments },
@@ -43,29 +45,46 @@ pub fn tool_call_lark(tools: &[&ToolSpec]) -> String {
 /// otherwise, at every depth (as OpenAI's strict mode requires): a small model would otherwise
 /// invent keys. Objects without `properties` stay free-form.
 fn close_objects(schema: &mut Value) {
+    visit_schemas(schema, &mut |map| {
+        if map.contains_key("properties") && !map.contains_key("additionalProperties") {
+            map.insert("additionalProperties".into(), false.into());
+        }
+    });
+}
+
+/// Local `$ref`s (`#/$defs/Color`, `#/definitions/...`, `#/properties/...`, `#`) point into the
+/// parameters schema, which the call grammar nests at `base`: they are rewritten to point there.
+fn rebase_refs(schema: &mut Value, base: &str) {
+    visit_schemas(schema, &mut |map| {
+        if let Some(Value::String(r)) = map.get_mut("$ref") {
+            if let Some(pointer) = r.strip_prefix('#') {
+                *r = format!("{base}{pointer}");
+            }
+        }
+    });
+}
+
+/// Calls `f` on `schema` and on every schema nested in it, skipping keywords whose values are
+/// data (`enum`, `const`, `default`, `examples`) but not properties that happen to be so named.
+fn visit_schemas(schema: &mut Value, f: &mut impl FnMut(&mut serde_json::Map<String, Value>)) {
     match schema {
         Value::Object(map) => {
-            if map.contains_key("properties") && !map.contains_key("additionalProperties") {
-                map.insert("additionalProperties".into(), false.into());
-            }
+            f(map);
             for (key, child) in map.iter_mut() {
-                let nested = matches!(
+                let named_schemas = matches!(
                     key.as_str(),
                     "properties" | "$defs" | "definitions" | "patternProperties"
                 );
                 match child {
-                    Value::Object(children) if nested => {
-                        children.values_mut().for_each(close_objects)
+                    Value::Object(children) if named_schemas => {
+                        children.values_mut().for_each(|c| visit_schemas(c, f))
                     }
-                    _ if key == "enum"
-                        || key == "const"
-                        || key == "default"
-                        || key == "examples" => {}
-                    _ => close_objects(child),
+                    _ if matches!(key.as_str(), "enum" | "const" | "default" | "examples") => {}
+                    _ => visit_schemas(child, f),
                 }
             }
         }
-        Value::Array(items) => items.iter_mut().for_each(close_objects),
+        Value::Array(items) => items.iter_mut().for_each(|c| visit_schemas(c, f)),
         _ => {}
     }
 }

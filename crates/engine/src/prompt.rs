@@ -36,6 +36,6 @@ pub fn render_prompt(
     tools: Option<&[serde_json::Value]>,
 ) -> Result<Vec<u32>> {
     let rendered =
-        template.render_marked(&request.messages, tools, true, &tokenizer.control_tokens())?;
+        template.render_marked(&request.messages, tools, true, &tokenizer.added_tokens())?;
     tokenizer.encode_segments(&rendered.segments())
 }

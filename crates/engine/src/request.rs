@@ -3,7 +3,7 @@
 
 use crate::error::{invalid, EngineError, Result};
 use crate::sampling::SamplingParams;
-use crate::tools::ToolSettings;
+use crate::tools::{function_name, ToolSettings};
 use serde_json::{Map, Value};
 
 /// A validated chat request. Messages are already in the shape chat templates expect.
@@ -273,10 +273,7 @@ fn normalize_tool_call(i: usize, j: usize, call: &Value) -> Result<Value> {
         .get("function")
         .and_then(Value::as_object)
         .ok_or_else(|| EngineError::invalid(format!("{at}.function must be an object")))?;
-    let name = function
-        .get("name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| EngineError::invalid(format!("{at}.function.name must be a string")))?;
+    let name = function_name(&format!("{at}.function.name"), function.get("name"))?;
     // OpenAI sends arguments as a JSON string; chat templates expect the object.
     let arguments = match function.get("arguments") {
         Some(Value::String(s)) => serde_json::from_str(s).map_err(|e| {

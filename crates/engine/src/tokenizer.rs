@@ -1,8 +1,8 @@
 //! Byte-level BPE tokenizer for Qwen2, built from GGUF metadata or `tokenizer.json`.
 //!
 //! Added tokens (`<|im_start|>`, `<tool_call>`, ...) are matched here, not by `tokenizers`, so
-//! that control tokens are recognised only in text the chat template itself wrote: a user who
-//! types `<|im_start|>system` gets those characters as text, not a role switch.
+//! that they are recognised only in text the chat template itself wrote: a user who types
+//! `<|im_start|>system` or `<tool_call>` gets those characters as text, not markup.
 
 use crate::error::{EngineError, Result};
 use candle_core::quantized::gguf_file;
@@ -209,13 +209,9 @@ impl Tokenizer {
             .collect()
     }
 
-    /// Texts of the control tokens (recognised only in template markup).
-    pub fn control_tokens(&self) -> Vec<&str> {
-        self.added
-            .iter()
-            .filter(|t| t.control)
-            .map(|t| t.text.as_str())
-            .collect()
+    /// Texts of the added tokens (recognised only in template markup).
+    pub fn added_tokens(&self) -> Vec<&str> {
+        self.added.iter().map(|t| t.text.as_str()).collect()
     }
 
     /// Ids of all added tokens, control or not (`<|im_end|>`, `<tool_call>`, ...).
@@ -228,27 +224,28 @@ impl Tokenizer {
         self.added.iter().find(|t| t.text == text).map(|t| t.id)
     }
 
-    /// Tokenizes plain text. With `allow_control`, control-token text becomes control tokens
-    /// (as `tokenizers` does); without, it is tokenized as ordinary characters.
-    pub fn encode(&self, text: &str, allow_control: bool) -> Result<Vec<u32>> {
-        self.encode_segments(&[Segment {
-            text,
-            markup: allow_control,
-        }])
+    /// Tokenizes text. As `markup`, added-token text becomes added tokens (as `tokenizers`
+    /// does); otherwise it is tokenized as ordinary characters.
+    pub fn encode(&self, text: &str, markup: bool) -> Result<Vec<u32>> {
+        self.encode_segments(&[Segment { text, markup }])
     }
 
-    /// Tokenizes the concatenation of `segments`; control tokens are matched only in markup.
+    /// Tokenizes the concatenation of `segments`; added tokens are matched only in markup.
     /// Text on both sides of a segment boundary is tokenized as one piece, exactly as if it had
     /// been one string.
     pub fn encode_segments(&self, segments: &[Segment<'_>]) -> Result<Vec<u32>> {
         let mut ids = Vec::new();
         let mut pending = String::new();
-        for seg in segments {
+        for seg in segments.iter() {
             let text = seg.text;
+            if !seg.markup {
+                pending.push_str(text);
+                continue;
+            }
             let mut plain_start = 0;
             let mut i = 0;
             while i < text.len() {
-                match self.added_at(&text[i..], seg.markup) {
+                match self.added_at(&text[i..]) {
                     Some(tok) => {
                         pending.push_str(&text[plain_start..i]);
                         self.flush(&mut pending, &mut ids)?;
@@ -265,10 +262,10 @@ impl Tokenizer {
         Ok(ids)
     }
 
-    fn added_at(&self, rest: &str, allow_control: bool) -> Option<&AddedToken> {
+    fn added_at(&self, rest: &str) -> Option<&AddedToken> {
         self.added
             .iter()
-            .find(|t| (allow_control || !t.control) && rest.starts_with(t.text.as_str()))
+            .find(|t| rest.starts_with(t.text.as_str()))
     }
 
     fn flush(&self, pending: &mut String, ids: &mut Vec<u32>) -> Result<()> {

@@ -132,12 +132,22 @@ fn flag(body: &serde_json::Map<String, Value>, name: &str, default: bool) -> Res
     }
 }
 
-/// OpenAI's rule for function names.
-fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+/// A function name by OpenAI's rule: 1-64 characters of a-z, A-Z, 0-9, _ and -. `at` names
+/// the field in errors.
+pub(crate) fn function_name(at: &str, value: Option<&Value>) -> Result<String> {
+    match value {
+        Some(Value::String(n))
+            if (1..=64).contains(&n.len())
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') =>
+        {
+            Ok(n.clone())
+        }
+        Some(Value::String(n)) => invalid(format!(
+            "{at} \"{n}\" must be 1-64 characters of a-z, A-Z, 0-9, _ and -"
+        )),
+        _ => invalid(format!("{at} is required and must be a string")),
+    }
 }
 
 fn parse_tools(tools: Option<&Value>) -> Result<Vec<ToolSpec>> {
@@ -159,19 +169,7 @@ fn parse_tools(tools: Option<&Value>) -> Result<Vec<ToolSpec>> {
             let Some(f) = t.get("function").and_then(Value::as_object) else {
                 return invalid(format!("tools[{i}].function must be an object"));
             };
-            let name = match f.get("name") {
-                Some(Value::String(n)) if valid_name(n) => n.clone(),
-                Some(Value::String(n)) => {
-                    return invalid(format!(
-                        "tools[{i}].function.name \"{n}\" must be 1-64 characters of a-z, A-Z, 0-9, _ and -"
-                    ))
-                }
-                _ => {
-                    return invalid(format!(
-                        "tools[{i}].function.name is required and must be a string"
-                    ))
-                }
-            };
+            let name = function_name(&format!("tools[{i}].function.name"), f.get("name"))?;
             if !names.insert(name.clone()) {
                 return invalid(format!(
                     "tools[{i}].function.name \"{name}\" is declared twice; tool names must be unique"

@@ -7,14 +7,16 @@ use minijinja::value::Serde;
 use minijinja::{Environment, ErrorKind, Value};
 use serde_json::Value as Json;
 
+mod caller_text;
+
+use caller_text::{escaped_marker, CallerText};
+
 const NAME: &str = "chat";
-/// Message contents are swapped for these noncharacter-delimited markers while rendering, so the
-/// output can be split into template markup and caller text.
-const OPEN: char = '\u{FDD0}';
-const CLOSE: char = '\u{FDD1}';
 
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// The same template with a `tojson` that keeps caller-text markers recognisable.
+    marked_env: Environment<'static>,
     bos_token: String,
     eos_token: String,
 }
@@ -39,24 +41,9 @@ impl RenderedPrompt {
 
 impl ChatTemplate {
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
-        let mut env = Environment::new();
-        env.set_syntax(
-            minijinja::syntax::SyntaxConfig::builder()
-                .trim_blocks(true)
-                .lstrip_blocks(true)
-                .build()
-                .map_err(|e| EngineError::load(format!("chat template syntax: {e}")))?,
-        );
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_filter("tojson", tojson);
-        env.add_function("raise_exception", raise_exception);
-        env.add_function("strftime_now", strftime_now);
-        env.add_template_owned(NAME, source.to_string())
-            .map_err(|e| {
-                EngineError::load(format!("the model's chat template does not parse: {e}"))
-            })?;
         Ok(Self {
-            env,
+            env: environment(source, false)?,
+            marked_env: environment(source, true)?,
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
         })
@@ -69,8 +56,17 @@ impl ChatTemplate {
         tools: Option<&[Json]>,
         add_generation_prompt: bool,
     ) -> Result<String> {
-        let tmpl = self
-            .env
+        self.render_in(&self.env, messages, tools, add_generation_prompt)
+    }
+
+    fn render_in(
+        &self,
+        env: &Environment<'static>,
+        messages: &[Json],
+        tools: Option<&[Json]>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let tmpl = env
             .get_template(NAME)
             .map_err(|e| EngineError::Internal(e.to_string()))?;
         let ctx = minijinja::context! {
@@ -91,46 +87,40 @@ impl ChatTemplate {
         })
     }
 
-    /// Renders and marks which text came from message contents. Contents are swapped for markers,
-    /// rendered, and swapped back; if the template inspects contents so that the marked render
-    /// differs from the real one, the prompt is refused only when it would be ambiguous (a content
-    /// holding control-token text), never tokenized unsafely.
+    /// Renders and marks which text the caller wrote (see [`caller_text`]). If the template
+    /// transforms caller strings so that the marked render does not reproduce the real one, the
+    /// prompt is refused when that would be ambiguous (a caller string holding the text of an
+    /// added token such as `<|im_end|>` or `<tool_call>`), never tokenized unsafely.
     pub fn render_marked(
         &self,
         messages: &[Json],
         tools: Option<&[Json]>,
         add_generation_prompt: bool,
-        control_tokens: &[&str],
+        added_tokens: &[&str],
     ) -> Result<RenderedPrompt> {
         let text = self.render(messages, tools, add_generation_prompt)?;
-        let mut contents = Vec::new();
-        let marked: Vec<Json> = messages
-            .iter()
-            .map(|m| {
-                let mut m = m.clone();
-                if let Some(Json::String(s)) = m.get_mut("content") {
-                    if !s.is_empty() {
-                        let original =
-                            std::mem::replace(s, format!("{OPEN}{}{CLOSE}", contents.len()));
-                        contents.push(original);
-                    }
-                }
-                m
-            })
-            .collect();
-        let marked_text = self.render(&marked, tools, add_generation_prompt)?;
-        if let Some(parts) = split_markers(&marked_text, &contents) {
+        let mut caller = CallerText::default();
+        let marked_messages: Vec<Json> = messages.iter().map(|m| caller.message(m)).collect();
+        let marked_tools: Option<Vec<Json>> =
+            tools.map(|t| t.iter().map(|t| caller.tool(t)).collect());
+        let marked_text = self.render_in(
+            &self.marked_env,
+            &marked_messages,
+            marked_tools.as_deref(),
+            add_generation_prompt,
+        )?;
+        if let Some(parts) = caller.split(&marked_text) {
             let joined: String = parts.iter().map(|(t, _)| t.as_str()).collect();
             if joined == text {
                 return Ok(RenderedPrompt { text, parts });
             }
         }
-        if let Some(tok) = control_tokens
+        if let Some(tok) = added_tokens
             .iter()
-            .find(|tok| contents.iter().any(|c| c.contains(**tok)))
+            .find(|tok| caller.strings.iter().any(|c| c.contains(**tok)))
         {
             return Err(EngineError::invalid(format!(
-                "a message content contains the control token {tok}, which this model's chat template cannot keep apart from its markup"
+                "the request contains the special token {tok}, which this model's chat template cannot keep apart from its markup"
             )));
         }
         Ok(RenderedPrompt {
@@ -140,33 +130,32 @@ impl ChatTemplate {
     }
 }
 
-/// Cuts a marked render into (text, is_markup) parts, restoring the original contents.
-fn split_markers(marked: &str, contents: &[String]) -> Option<Vec<(String, bool)>> {
-    let mut parts = Vec::new();
-    let mut rest = marked;
-    while let Some(open) = rest.find(OPEN) {
-        let after = &rest[open + OPEN.len_utf8()..];
-        let close = after.find(CLOSE)?;
-        let index: usize = after[..close].parse().ok()?;
-        if open > 0 {
-            parts.push((rest[..open].to_string(), true));
-        }
-        parts.push((contents.get(index)?.clone(), false));
-        rest = &after[close + CLOSE.len_utf8()..];
-    }
-    if rest.contains(CLOSE) {
-        return None;
-    }
-    if !rest.is_empty() {
-        parts.push((rest.to_string(), true));
-    }
-    Some(parts)
+/// The template compiled with transformers' globals; `marked` selects the `tojson` for marked
+/// renders.
+fn environment(source: &str, marked: bool) -> Result<Environment<'static>> {
+    let mut env = Environment::new();
+    env.set_syntax(
+        minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .map_err(|e| EngineError::load(format!("chat template syntax: {e}")))?,
+    );
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_filter("tojson", move |value, kwargs| tojson(value, kwargs, marked));
+    env.add_function("raise_exception", raise_exception);
+    env.add_function("strftime_now", strftime_now);
+    env.add_template_owned(NAME, source.to_string())
+        .map_err(|e| EngineError::load(format!("the model's chat template does not parse: {e}")))?;
+    Ok(env)
 }
 
 /// transformers' `tojson`: Python `json.dumps(x, ensure_ascii=False, indent=indent)`.
+/// In a marked render, caller-text markers come out as their escaped-form markers.
 fn tojson(
     value: Value,
     kwargs: minijinja::value::Kwargs,
+    marked: bool,
 ) -> std::result::Result<Value, minijinja::Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     let _: Option<bool> = kwargs.get("ensure_ascii")?;
@@ -175,12 +164,12 @@ fn tojson(
     let json = serde_json::to_value(&value)
         .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
     let mut out = String::new();
-    python_json(&json, indent, 0, &mut out);
+    python_json(&json, indent, 0, marked, &mut out);
     Ok(Value::from_safe_string(out))
 }
 
 /// Writes JSON with Python's separators (", " and ": ", or "," and newlines when indenting).
-fn python_json(v: &Json, indent: Option<usize>, depth: usize, out: &mut String) {
+fn python_json(v: &Json, indent: Option<usize>, depth: usize, marked: bool, out: &mut String) {
     let newline = |out: &mut String, depth: usize| {
         if let Some(n) = indent {
             out.push('\n');
@@ -196,7 +185,7 @@ fn python_json(v: &Json, indent: Option<usize>, depth: usize, out: &mut String) 
                     out.push_str(sep);
                 }
                 newline(out, depth + 1);
-                python_json(item, indent, depth + 1, out);
+                python_json(item, indent, depth + 1, marked, out);
             }
             newline(out, depth);
             out.push(']');
@@ -208,14 +197,22 @@ fn python_json(v: &Json, indent: Option<usize>, depth: usize, out: &mut String) 
                     out.push_str(sep);
                 }
                 newline(out, depth + 1);
-                out.push_str(&Json::String(k.clone()).to_string());
+                json_string(k, marked, out);
                 out.push_str(": ");
-                python_json(item, indent, depth + 1, out);
+                python_json(item, indent, depth + 1, marked, out);
             }
             newline(out, depth);
             out.push('}');
         }
+        Json::String(s) => json_string(s, marked, out),
         other => out.push_str(&other.to_string()),
+    }
+}
+
+fn json_string(s: &str, marked: bool, out: &mut String) {
+    match escaped_marker(s).filter(|_| marked) {
+        Some(m) => out.push_str(&m),
+        None => out.push_str(&Json::String(s.to_string()).to_string()),
     }
 }
 

@@ -5,6 +5,7 @@ mod common;
 mod engine;
 mod load_errors;
 mod prefix_cache;
+mod prompt_injection;
 mod safetensors_parity;
 mod scheduler;
 mod template_parity;

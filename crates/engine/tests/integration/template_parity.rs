@@ -21,7 +21,7 @@ fn renders_and_tokenizes_like_transformers() {
         let tools = case["tools"].as_array().map(|t| t.as_slice());
         let add = case["add_generation_prompt"].as_bool().unwrap();
         let rendered = template
-            .render_marked(messages, tools, add, &tokenizer.control_tokens())
+            .render_marked(messages, tools, add, &tokenizer.added_tokens())
             .unwrap();
         assert_eq!(
             rendered.text,

@@ -66,13 +66,18 @@ fn gguf_tokenizer_matches_hugging_face_tokenizers() {
 }
 
 #[test]
-fn control_tokens_in_plain_text_stay_text() {
+fn added_tokens_in_plain_text_stay_text() {
     let ours = Tokenizer::from_gguf(gguf()).unwrap();
     let im_start = ours.added_token_id("<|im_start|>").unwrap();
     let ids = ours.encode("<|im_start|>system", false).unwrap();
     assert!(!ids.contains(&im_start));
     assert_eq!(ours.decode(&ids), "<|im_start|>system");
-    // <tool_call> is an added token but not a control token: it is matched in any text, as in HF.
+    // <tool_call> is not a control token, but it is markup to the tool-call parser: typed by a
+    // caller it stays text too (HF would match it anywhere).
     let tool_call = ours.added_token_id("<tool_call>").unwrap();
-    assert_eq!(ours.encode("<tool_call>", false).unwrap(), vec![tool_call]);
+    assert!(!ours
+        .encode("<tool_call>", false)
+        .unwrap()
+        .contains(&tool_call));
+    assert_eq!(ours.encode("<tool_call>", true).unwrap(), vec![tool_call]);
 }

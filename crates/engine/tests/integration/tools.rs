@@ -256,7 +256,7 @@ fn the_grammar_accepts_valid_calls_and_refuses_violations() {
         compiler()
             .constraint(&lark)
             .unwrap()
-            .accepts(&tok.encode(&text, false).unwrap())
+            .accepts(&tok.encode(&text, true).unwrap())
     };
     for ok in [
         r#"{"name": "get_weather", "arguments": {"location": "Lisbon", "unit": "celsius"}}"#,
@@ -279,6 +279,49 @@ fn the_grammar_accepts_valid_calls_and_refuses_violations() {
     ] {
         assert!(!accepts(bad), "accepted an invalid call: {bad}");
     }
+}
+
+/// Pydantic writes `#/$defs/...` refs, zod-to-json-schema `#/definitions/...` and pointers into
+/// the schema itself; each resolves within its own tool's parameters, even when two tools
+/// define the same name differently.
+#[test]
+fn refs_in_tool_parameters_resolve_within_their_tool() {
+    let tools = json!([
+        {"type": "function", "function": {"name": "paint", "parameters": {
+            "$defs": {"Color": {"type": "string", "enum": ["red", "blue"]}},
+            "type": "object", "properties": {"color": {"$ref": "#/$defs/Color"}}, "required": ["color"]}}},
+        {"type": "function", "function": {"name": "dye", "parameters": {
+            "definitions": {"Color": {"type": "integer"}},
+            "type": "object", "properties": {
+                "color": {"$ref": "#/definitions/Color"},
+                "again": {"$ref": "#/properties/color"}},
+            "required": ["color"]}}}
+    ]);
+    let lark = answer_grammar(&required_settings(tools)).unwrap();
+    let tok = tokenizer();
+    let accepts = |body: &str| {
+        let text = format!("<tool_call>\n{body}\n</tool_call>");
+        compiler()
+            .constraint(&lark)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .accepts(&tok.encode(&text, true).unwrap())
+    };
+    assert!(accepts(
+        r#"{"name": "paint", "arguments": {"color": "red"}}"#
+    ));
+    assert!(accepts(
+        r#"{"name": "dye", "arguments": {"color": 3, "again": 4}}"#
+    ));
+    assert!(!accepts(
+        r#"{"name": "paint", "arguments": {"color": "green"}}"#
+    ));
+    assert!(!accepts(r#"{"name": "paint", "arguments": {"color": 3}}"#));
+    assert!(!accepts(
+        r#"{"name": "dye", "arguments": {"color": "red"}}"#
+    ));
+    assert!(!accepts(
+        r#"{"name": "dye", "arguments": {"color": 3, "again": "red"}}"#
+    ));
 }
 
 #[test]
