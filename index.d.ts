@@ -11,6 +11,7 @@ export type QwenErrorCode =
   | 'ERR_ABORTED'
   | 'ERR_CLOSED'
   | 'ERR_OVERLOADED'
+  | 'ERR_TIMEOUT'
   | 'ERR_INTERNAL'
   /** Thrown when the package is loaded and neither a local build nor the platform's prebuilt addon exists. */
   | 'ERR_ADDON_NOT_FOUND'
@@ -40,7 +41,10 @@ export interface LoadModelOptions {
   contextLength?: number
   /** CPU compute threads. The pool is process-wide: the first model loaded sets it. Default: physical cores. */
   threads?: number
-  /** Requests allowed to wait; more are rejected with ERR_OVERLOADED. Default 64. */
+  /**
+   * Requests allowed to wait for a place in the batch (running ones and free places do not count);
+   * more are rejected with ERR_OVERLOADED. Default 64.
+   */
   maxQueue?: number
   /**
    * Requests served at once: their next tokens are computed in one batched forward pass (each
@@ -58,8 +62,15 @@ export interface LoadModelOptions {
    * system prompt and tools, the next turn of a conversation) computes only what differs. Default 4.
    */
   prefixCacheSlots?: number
-  /** Positions all kept KV caches may hold together; the least recently used go first. Default 16384. */
+  /**
+   * Positions all kept KV caches may hold together; the least recently used go first, and a
+   * request's cache larger than this is released when it ends. Default 16384.
+   */
   prefixCacheTokens?: number
+  /** Longest prompt a request may bring, in tokens; longer ones get ERR_CONTEXT_LENGTH. Default: the context length. */
+  maxPromptTokens?: number
+  /** Deadline of every request that sets no `timeoutMs`, in milliseconds (ERR_TIMEOUT). Default: none. */
+  requestTimeoutMs?: number
   /** Called as weights load, at most once per percent. */
   onProgress?: (progress: LoadProgress) => void
 }
@@ -206,6 +217,11 @@ export interface ChatCompletionChunk {
 export interface RequestOptions {
   /** Aborting rejects with ERR_ABORTED and stops the generation at its next token step. */
   signal?: AbortSignal
+  /**
+   * Milliseconds the request may take, waiting in the queue included; past it, it ends with
+   * ERR_TIMEOUT (a stream after the chunks it sent). Default: the model's `requestTimeoutMs`.
+   */
+  timeoutMs?: number
 }
 
 export interface ModelInfo {

@@ -74,20 +74,24 @@ function raceAbort(promise, signal) {
   })
 }
 
-function checkSignal(options) {
-  if (options == null) return undefined
-  if (typeof options !== 'object') throw codedError('ERR_INVALID_REQUEST', 'options must be an object like { signal }')
-  const { signal } = options
+/** A request's options, checked: `{ signal?, timeoutMs? }`. */
+function requestOptions(options) {
+  if (options == null) return {}
+  if (typeof options !== 'object') throw codedError('ERR_INVALID_REQUEST', 'options must be an object like { signal, timeoutMs }')
+  const { signal, timeoutMs } = options
   if (signal != null && !(signal instanceof AbortSignal)) throw codedError('ERR_INVALID_REQUEST', 'options.signal must be an AbortSignal')
-  return signal ?? undefined
+  if (timeoutMs != null && !isCount(timeoutMs)) throw codedError('ERR_INVALID_REQUEST', 'options.timeoutMs must be a positive integer (milliseconds)')
+  return { signal: signal ?? undefined, timeoutMs: timeoutMs ?? undefined }
 }
 
+const isCount = (value) => Number.isInteger(value) && value > 0 && value < 2 ** 32
+
 /** Starts a native request, cancelling it when `signal` fires. */
-function start(nativeModel, request, signal) {
+function start(nativeModel, request, { signal, timeoutMs }) {
   if (signal?.aborted) throw abortError(signal)
   let generation
   try {
-    generation = nativeModel.start(request)
+    generation = nativeModel.start(request, timeoutMs)
   } catch (err) {
     throw toError(err)
   }
@@ -98,21 +102,18 @@ function start(nativeModel, request, signal) {
 }
 
 class ChatStream {
-  #model
-  #request
   #signal
   #started = null
   #buffer = []
   #done = false
 
-  constructor(nativeModel, request, signal) {
-    this.#model = nativeModel
-    this.#request = request
-    this.#signal = signal
+  constructor(nativeModel, request, options) {
     // Queue the request now so it starts while the caller sets up its loop; report a bad request
     // from the first next(), where `for await` delivers errors.
     try {
-      this.#started = start(nativeModel, request, signal)
+      const checked = requestOptions(options)
+      this.#signal = checked.signal
+      this.#started = start(nativeModel, request, checked)
     } catch (err) {
       this.#started = { error: err }
     }
@@ -188,8 +189,9 @@ class Model {
 
   /** An OpenAI Chat Completions request in, a `chat.completion` object out. */
   async chat(request, options) {
-    const signal = checkSignal(options)
-    const { generation, release } = start(this.#native, request, signal)
+    const checked = requestOptions(options)
+    const signal = checked.signal
+    const { generation, release } = start(this.#native, request, checked)
     try {
       return await raceAbort(generation.completion(), signal)
     } catch (err) {
@@ -201,7 +203,7 @@ class Model {
 
   /** The same request, answered as an async iterable of `chat.completion.chunk` objects. */
   chatStream(request, options) {
-    return new ChatStream(this.#native, request, checkSignal(options))
+    return new ChatStream(this.#native, request, options)
   }
 
   /** Token ids of `text`, tokenized as plain text (control-token text is not special). */
@@ -284,7 +286,7 @@ class StreamedMessage {
 }
 
 // Options that take a positive integer.
-const COUNT_OPTIONS = ['contextLength', 'threads', 'maxQueue', 'maxBatch', 'prefillChunk', 'prefixCacheSlots', 'prefixCacheTokens']
+const COUNT_OPTIONS = ['contextLength', 'threads', 'maxQueue', 'maxBatch', 'prefillChunk', 'prefixCacheSlots', 'prefixCacheTokens', 'maxPromptTokens', 'requestTimeoutMs']
 const LOAD_OPTIONS = new Set(['modelPath', 'device', 'dtype', ...COUNT_OPTIONS, 'onProgress'])
 
 /** Loads a Qwen2.5 model (GGUF file or Hugging Face directory) on engine threads. */
@@ -299,7 +301,7 @@ async function loadModel(options = {}) {
   const counts = {}
   for (const name of COUNT_OPTIONS) {
     const value = options[name]
-    if (value != null && !(Number.isInteger(value) && value > 0 && value < 2 ** 32)) throw codedError('ERR_INVALID_REQUEST', `${name} must be a positive integer`)
+    if (value != null && !isCount(value)) throw codedError('ERR_INVALID_REQUEST', `${name} must be a positive integer`)
     counts[name] = value
   }
   const resolved = path.resolve(modelPath ?? process.env.MODEL_PATH ?? DEFAULT_MODEL_PATH)

@@ -67,6 +67,34 @@ test('a prompt plus max_tokens beyond the context is ERR_CONTEXT_LENGTH, not a t
   }
 })
 
+test('limits on work per request: timeoutMs and requestTimeoutMs end with ERR_TIMEOUT, maxPromptTokens refuses long prompts', async () => {
+  const m = await model()
+  const story = { messages: [{ role: 'user', content: 'Write a long story about a dragon.' }], temperature: 0, max_tokens: 2000 }
+  await rejectsWithCode(assert, m.chat(story, { timeoutMs: 300 }), 'ERR_TIMEOUT')
+  const chunks = []
+  await assert.rejects(
+    (async () => {
+      for await (const chunk of m.chatStream(story, { timeoutMs: 1500 })) chunks.push(chunk)
+    })(),
+    (e) => e.code === 'ERR_TIMEOUT' && /1500 ms/.test(e.message),
+  )
+  assert.ok(chunks.length > 1, 'the stream sent its chunks before the deadline')
+  for (const timeoutMs of [0, -1, 1.5, '100']) {
+    await rejectsWithCode(assert, m.chat(story, { timeoutMs }), 'ERR_INVALID_REQUEST')
+  }
+  assert.match((await m.chat({ messages: PARIS, temperature: 0, max_tokens: 8 }, { timeoutMs: 60_000 })).choices[0].message.content, /Paris/)
+
+  const limited = await loadModel({ threads: 2, maxPromptTokens: 64, requestTimeoutMs: 300 })
+  try {
+    const long = { messages: [{ role: 'user', content: 'Say hi. '.repeat(60) }], max_tokens: 4 }
+    await assert.rejects(limited.chat(long), (e) => e.code === 'ERR_CONTEXT_LENGTH' && /maxPromptTokens/.test(e.message))
+    await rejectsWithCode(assert, limited.chat(story), 'ERR_TIMEOUT')
+    assert.match((await limited.chat({ messages: PARIS, temperature: 0, max_tokens: 8 }, { timeoutMs: 60_000 })).choices[0].message.content, /Paris/)
+  } finally {
+    await limited.close()
+  }
+})
+
 test('model loading failures carry codes', async () => {
   await rejectsWithCode(assert, loadModel({ modelPath: 'models/does-not-exist.gguf' }), 'ERR_MODEL_NOT_FOUND')
   const dir = mkdtempSync(join(tmpdir(), 'qwen-native-test-'))

@@ -23,6 +23,8 @@ pub struct NativeLoadOptions {
     pub prefix_cache_tokens: Option<u32>,
     pub max_batch: Option<u32>,
     pub prefill_chunk: Option<u32>,
+    pub max_prompt_tokens: Option<u32>,
+    pub request_timeout_ms: Option<u32>,
 }
 
 #[napi(object)]
@@ -62,6 +64,10 @@ pub async fn load_native_model(
         opts.max_batch = n as usize;
     }
     opts.prefill_chunk = options.prefill_chunk.map(|n| n as usize);
+    opts.max_prompt_tokens = options.max_prompt_tokens.map(|n| n as usize);
+    opts.request_timeout = options
+        .request_timeout_ms
+        .map(|ms| std::time::Duration::from_millis(ms.into()));
     let engine = napi::tokio::task::spawn_blocking(move || {
         guard(|| {
             let mut last_percent = u64::MAX;

@@ -37,12 +37,21 @@ pub struct TemplateOptions {
 
 #[napi]
 impl NativeModel {
-    /// Queues an OpenAI-shaped chat request; throws ERR_INVALID_REQUEST / ERR_CLOSED /
-    /// ERR_OVERLOADED at once, other errors arrive through the generation.
+    /// Queues an OpenAI-shaped chat request with an optional deadline; throws
+    /// ERR_INVALID_REQUEST / ERR_CLOSED / ERR_OVERLOADED at once, other errors arrive through the
+    /// generation.
     #[napi]
-    pub fn start(&self, request: serde_json::Value) -> napi::Result<NativeGeneration> {
+    pub fn start(
+        &self,
+        request: serde_json::Value,
+        timeout_ms: Option<u32>,
+    ) -> napi::Result<NativeGeneration> {
         guard(|| {
-            let g = self.open()?.submit_json(&request).map_err(to_napi)?;
+            let engine = self.open()?;
+            let mut request =
+                ChatRequest::from_json(&request, engine.defaults()).map_err(to_napi)?;
+            request.timeout = timeout_ms.map(|ms| std::time::Duration::from_millis(ms.into()));
+            let g = engine.submit(request).map_err(to_napi)?;
             Ok(NativeGeneration::new(g))
         })
     }

@@ -31,7 +31,7 @@ pub struct EngineOptions {
     pub context_length: Option<usize>,
     /// CPU compute threads for the process (candle's pool is global: the first model sets it).
     pub threads: Option<usize>,
-    /// Requests waiting beyond this are refused with `ERR_OVERLOADED`.
+    /// Requests waiting for a batch place beyond this are refused with `ERR_OVERLOADED`.
     pub max_queue: usize,
     /// Finished requests' KV caches kept for prefix reuse: how many, and how many positions in all.
     pub prefix_cache: PrefixCacheLimits,
@@ -39,6 +39,10 @@ pub struct EngineOptions {
     pub max_batch: usize,
     /// Prompt tokens run per step (see [`BatchLimits`]); by default sized for the device.
     pub prefill_chunk: Option<usize>,
+    /// Longest prompt a request may bring, below the context length (`ERR_CONTEXT_LENGTH`).
+    pub max_prompt_tokens: Option<usize>,
+    /// How long a request may take, queue included, unless it sets its own (`ERR_TIMEOUT`).
+    pub request_timeout: Option<std::time::Duration>,
 }
 
 impl EngineOptions {
@@ -56,6 +60,8 @@ impl EngineOptions {
             },
             max_batch: 8,
             prefill_chunk: None,
+            max_prompt_tokens: None,
+            request_timeout: None,
         }
     }
 }
@@ -88,6 +94,7 @@ pub struct Engine {
     device: Device,
     defaults: SamplingParams,
     max_queue: usize,
+    request_timeout: Option<std::time::Duration>,
     queue: Mutex<Option<mpsc::Sender<Job>>>,
     worker: Mutex<Option<JoinHandle<()>>>,
 }
@@ -207,6 +214,7 @@ impl Engine {
                 .prefill_chunk
                 .unwrap_or_else(|| BatchLimits::default_prefill_chunk(&device))
                 .max(1),
+            max_prompt_tokens: options.max_prompt_tokens,
         };
         let shared = Arc::new(Shared::new(tokenizer, template, limits));
         let (tx, rx) = mpsc::channel::<Job>();
@@ -221,6 +229,7 @@ impl Engine {
             device,
             defaults,
             max_queue: options.max_queue.max(1),
+            request_timeout: options.request_timeout,
             queue: Mutex::new(Some(tx)),
             worker: Mutex::new(Some(worker)),
         }
@@ -273,7 +282,11 @@ impl Engine {
         let Some(tx) = queue.as_ref() else {
             return Err(EngineError::Closed);
         };
-        if self.shared.queued.load(Ordering::SeqCst) >= self.max_queue {
+        // Free places in the batch are not queue: a burst that fits the batch is never refused
+        // just because the engine thread has not admitted it yet.
+        let stats = self.shared.stats();
+        let free_places = stats.max_batch.saturating_sub(stats.running);
+        if stats.queued >= self.max_queue + free_places {
             return Err(EngineError::Overloaded(format!(
                 "{} requests are already waiting for this model; retry later or raise maxQueue",
                 self.max_queue
@@ -282,11 +295,16 @@ impl Engine {
         let (events_tx, events_rx) = unbounded_channel();
         let cancel = Arc::new(AtomicBool::new(false));
         let include_usage = request.include_usage;
+        let deadline = request
+            .timeout
+            .or(self.request_timeout)
+            .map(|t| (std::time::Instant::now() + t, t));
         self.shared.queued.fetch_add(1, Ordering::SeqCst);
         tx.send(Job {
             request,
             cancel: cancel.clone(),
             events: events_tx,
+            deadline,
         })
         .map_err(|_| {
             // The worker is gone (closing): this job was never queued.

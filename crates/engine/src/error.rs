@@ -25,6 +25,9 @@ pub enum EngineError {
     /// The request queue is full.
     #[error("{0}")]
     Overloaded(String),
+    /// The request ran past its deadline (`timeoutMs`, or the model's `requestTimeoutMs`).
+    #[error("{0}")]
+    Timeout(String),
     /// A bug or an unexpected failure of the compute backend.
     #[error("internal error: {0}")]
     Internal(String),
@@ -46,6 +49,7 @@ impl EngineError {
             Self::Aborted => "ERR_ABORTED",
             Self::Closed => "ERR_CLOSED",
             Self::Overloaded(_) => "ERR_OVERLOADED",
+            Self::Timeout(_) => "ERR_TIMEOUT",
             Self::Internal(_) => "ERR_INTERNAL",
         }
     }

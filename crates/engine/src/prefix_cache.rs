@@ -77,9 +77,9 @@ impl PrefixCache {
             return;
         }
         self.kept.push(seq);
-        while self.kept.len() > self.limits.slots.max(1)
-            || (self.kept.len() > 1 && self.allocated() > self.limits.tokens)
-        {
+        // A sequence over the whole budget is not kept either: one long request's KV memory is
+        // released when it ends, not held until a smaller one evicts it.
+        while self.kept.len() > self.limits.slots.max(1) || self.allocated() > self.limits.tokens {
             self.kept.remove(0);
         }
     }

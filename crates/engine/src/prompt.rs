@@ -6,14 +6,22 @@ use crate::request::ChatRequest;
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
 
-/// Renders and tokenizes a request, and fixes how many tokens it may generate.
+/// Renders and tokenizes a request, and fixes how many tokens it may generate. A prompt longer
+/// than `max_prompt_tokens` (a deployer's limit) is refused like one over the context.
 pub fn prepare_prompt(
     tokenizer: &Tokenizer,
     template: &ChatTemplate,
     request: &ChatRequest,
     context_length: usize,
+    max_prompt_tokens: Option<usize>,
 ) -> Result<(Vec<u32>, usize)> {
     let prompt = render_prompt(tokenizer, template, request, request.tools.as_deref())?;
+    if let Some(limit) = max_prompt_tokens.filter(|&limit| prompt.len() > limit) {
+        return Err(EngineError::ContextLength(format!(
+            "the messages are {} tokens; this server accepts prompts of at most {limit} tokens (maxPromptTokens); shorten the conversation",
+            prompt.len()
+        )));
+    }
     let room = context_length.saturating_sub(prompt.len());
     match request.max_tokens {
         Some(max) if max <= room => Ok((prompt, max)),

@@ -17,6 +17,9 @@ pub struct ChatRequest {
     /// `stream_options.include_usage`: a final chunk carries `usage`.
     pub include_usage: bool,
     pub tool_settings: ToolSettings,
+    /// How long the request may take, queue included; not part of the body (library option
+    /// `timeoutMs`). None: the engine's `request_timeout`.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// The model's recommended sampling settings, used where a request leaves one out.
@@ -128,6 +131,7 @@ impl ChatRequest {
             stop,
             include_usage,
             tool_settings,
+            timeout: None,
         })
     }
 }

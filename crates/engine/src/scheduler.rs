@@ -32,6 +32,8 @@ pub struct BatchLimits {
     /// Prompt tokens run per step, over all sequences still reading their prompts: bounds how
     /// long a long prompt delays the other sequences' next tokens.
     pub prefill_chunk: usize,
+    /// Longest prompt a request may bring (a deployer's limit below the context length).
+    pub max_prompt_tokens: Option<usize>,
 }
 
 impl BatchLimits {
@@ -46,11 +48,13 @@ impl BatchLimits {
     }
 }
 
-/// A queued request: its own event channel and cancel flag.
+/// A queued request: its own event channel, cancel flag and deadline.
 pub(crate) struct Job {
     pub request: ChatRequest,
     pub cancel: Arc<AtomicBool>,
     pub events: UnboundedSender<Result<Event>>,
+    /// When the request must have ended, and the timeout that set it.
+    pub deadline: Option<(Instant, Duration)>,
 }
 
 impl Job {
@@ -287,6 +291,7 @@ impl Scheduler {
             &shared.template,
             request,
             self.model.max_positions(),
+            self.limits.max_prompt_tokens,
         )?;
         // Calls already answered matter only where a repeat of one is turned into a text answer;
         // that answer is redone on the prompt without the tools, which a small model otherwise
@@ -360,6 +365,20 @@ impl Scheduler {
 
     /// Ends the requests that were cancelled, lost their listener, or that the engine closes.
     fn drop_interrupted(&mut self) {
+        // Waiting requests end too, so a cancel or a deadline does not wait for a batch place.
+        let mut i = 0;
+        while i < self.waiting.len() {
+            match interruption(&self.waiting[i]) {
+                Some(e) => {
+                    if let Some(job) = self.waiting.remove(i) {
+                        self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+                        job.fail(e);
+                        self.count_failed();
+                    }
+                }
+                None => i += 1,
+            }
+        }
         let mut i = 0;
         while i < self.active.len() {
             match interruption(&self.active[i].job) {
@@ -542,10 +561,15 @@ impl Scheduler {
 /// Why a request must stop now, if it must.
 fn interruption(job: &Job) -> Option<EngineError> {
     if job.cancel.load(Ordering::Relaxed) || job.events.is_closed() {
-        Some(EngineError::Aborted)
-    } else {
-        None
+        return Some(EngineError::Aborted);
     }
+    let (at, timeout) = job.deadline?;
+    (Instant::now() >= at).then(|| {
+        EngineError::Timeout(format!(
+            "the request did not finish within its {} ms deadline",
+            timeout.as_millis()
+        ))
+    })
 }
 
 fn panic_error(panic: Box<dyn std::any::Any + Send>) -> EngineError {

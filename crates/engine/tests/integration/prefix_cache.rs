@@ -177,5 +177,9 @@ mod invariants {
         }
         assert_eq!(cache.len(), 2);
         assert_eq!(serve(&model, &mut cache, &prompt(1)).0, 0);
+        // A sequence over the whole budget is released when it ends, even alone.
+        let mut cache = PrefixCache::new(limits(8, 200));
+        serve(&model, &mut cache, &prompt(1));
+        assert_eq!((cache.len(), cache.cached_tokens()), (0, 0));
     }
 }

@@ -50,8 +50,10 @@ fn exported_safetensors_agree_with_the_gguf() {
     for q in questions {
         let body = json!({ "messages": [{ "role": "user", "content": q }], "max_tokens": 40 });
         let request = ChatRequest::from_json(&body, &gguf.defaults).unwrap();
-        let (prompt, _) = prepare_prompt(&gguf.tokenizer, &gguf.template, &request, 2048).unwrap();
-        let (hf_prompt, _) = prepare_prompt(&hf.tokenizer, &hf.template, &request, 2048).unwrap();
+        let (prompt, _) =
+            prepare_prompt(&gguf.tokenizer, &gguf.template, &request, 2048, None).unwrap();
+        let (hf_prompt, _) =
+            prepare_prompt(&hf.tokenizer, &hf.template, &request, 2048, None).unwrap();
         assert_eq!(
             prompt, hf_prompt,
             "exported tokenizer/template must give the same prompt"

@@ -174,7 +174,7 @@ fn a_batched_step_gives_the_logits_of_the_step_alone() {
     let prompt = |q: &str| {
         let body = json!({ "messages": [{ "role": "user", "content": q }] });
         let request = ChatRequest::from_json(&body, &loaded.defaults).unwrap();
-        prepare_prompt(&loaded.tokenizer, &loaded.template, &request, 1024)
+        prepare_prompt(&loaded.tokenizer, &loaded.template, &request, 1024, None)
             .unwrap()
             .0
     };
@@ -240,4 +240,72 @@ fn a_batched_step_gives_the_logits_of_the_step_alone() {
             "a top-1 change with a clear margin: {flips:?}"
         );
     }
+}
+
+/// `max_queue` counts requests waiting for a batch place: a burst that fits the free places is
+/// served even before the engine thread has admitted it.
+#[test]
+fn free_batch_places_are_not_counted_as_queue() {
+    let engine = engine(2, 1);
+    let running = submit(&engine, QUESTIONS[0], 200);
+    wait_for(&engine, |s| s.running == 1);
+    // Back to back, within one step: one takes the free place, one waits.
+    let second = submit(&engine, QUESTIONS[1], 8);
+    let third = submit(&engine, QUESTIONS[2], 8);
+    let refused = engine.submit_json(&json!({"messages": [{ "role": "user", "content": "Hi" }]}));
+    assert!(
+        matches!(refused, Err(EngineError::Overloaded(_))),
+        "the batch is full and one request waits"
+    );
+    drop(running);
+    assert!(!text(second).is_empty());
+    assert!(!text(third).is_empty());
+    wait_for(&engine, is_idle);
+}
+
+/// Deployer limits on work per request: a deadline ends a running or a waiting request with
+/// ERR_TIMEOUT without harming the others, and a prompt over `max_prompt_tokens` is refused.
+#[test]
+fn deadlines_and_prompt_limits_end_only_their_request() {
+    use qwen_engine::request::ChatRequest;
+    use qwen_engine::sampling::SamplingParams;
+    let mut opts = EngineOptions::new(model_path());
+    opts.threads = Some(2);
+    opts.max_batch = 1;
+    opts.max_prompt_tokens = Some(200);
+    let engine = Engine::load(&opts, None).unwrap();
+    let with_timeout = |question: &str, max_tokens: usize, ms: u64| {
+        let body = json!({
+            "messages": [{ "role": "user", "content": question }],
+            "temperature": 0, "max_tokens": max_tokens,
+        });
+        let mut request = ChatRequest::from_json(&body, &SamplingParams::greedy()).unwrap();
+        request.timeout = Some(Duration::from_millis(ms));
+        engine.submit(request).unwrap()
+    };
+    let running = submit(&engine, QUESTIONS[0], 150);
+    wait_for(&engine, |s| s.running == 1);
+    // Waits behind `running` (max_batch 1) and times out there.
+    let mut waiting = with_timeout(QUESTIONS[1], 8, 100);
+    assert!(matches!(
+        waiting.blocking_answer(),
+        Err(EngineError::Timeout(_))
+    ));
+    assert_eq!(engine.stats().running, 1, "the running request goes on");
+    assert!(!text(running).is_empty());
+    // Times out while generating.
+    let mut long = with_timeout("Write a long story about a dragon.", 2000, 500);
+    let err = long.blocking_answer().unwrap_err();
+    assert_eq!(err.code(), "ERR_TIMEOUT", "{err}");
+    assert!(err.to_string().contains("500 ms"), "{err}");
+    // A prompt over the limit is refused; one under it is answered.
+    let long_prompt = "Repeat after me: the quick brown fox. ".repeat(40);
+    let err = submit(&engine, &long_prompt, 8)
+        .blocking_answer()
+        .unwrap_err();
+    assert_eq!(err.code(), "ERR_CONTEXT_LENGTH", "{err}");
+    assert!(err.to_string().contains("maxPromptTokens"), "{err}");
+    assert!(!text(submit(&engine, QUESTIONS[1], 8)).is_empty());
+    let idle = wait_for(&engine, is_idle);
+    assert_eq!(idle.requests_failed, 3, "{idle:?}");
 }
