@@ -79,3 +79,54 @@ test('the stop button aborts a streaming answer and the page stays usable', { sk
   await page.click('#send')
   await page.locator('.message.assistant').filter({ hasText: /Paris/ }).waitFor({ timeout: 60_000 })
 })
+
+test('stopping after a tool ran keeps its card, and the next request carries its call and result', { skip, timeout: 180_000 }, async () => {
+  const page = await browser.newPage()
+  // The page's first agent stream is held right after its first tool round (the `step` event), so
+  // the stop button is pressed at that point however fast the model answers afterwards.
+  await page.addInitScript(() => {
+    const realFetch = window.fetch
+    let calls = 0
+    window.fetch = async (input, init) => {
+      const res = await realFetch(input, init)
+      if (!String(input).endsWith('/api/agent/chat') || calls++ > 0) return res
+      const reader = res.body.getReader()
+      const body = new ReadableStream({
+        start(controller) {
+          init?.signal?.addEventListener('abort', () => controller.error(new DOMException('stopped', 'AbortError')))
+          let text = ''
+          ;(async () => {
+            for (;;) {
+              const { value, done } = await reader.read().catch(() => ({ done: true }))
+              if (done) return // never closes: to the page the answer is still coming
+              text += new TextDecoder().decode(value)
+              const step = text.indexOf('event: step')
+              if (step === -1) continue
+              controller.enqueue(new TextEncoder().encode(text.slice(0, text.indexOf('\n\n', step) + 2)))
+              for (;;) if ((await reader.read().catch(() => ({ done: true }))).done) return
+            }
+          })()
+        },
+      })
+      return new Response(body, { status: res.status, headers: res.headers })
+    }
+  })
+  await page.goto(`${server.url}/?temperature=0`)
+  await page.fill('#input', 'What is 1234 * 5678?')
+  await page.click('#send')
+  await page.locator('.tool-card.ok').waitFor({ timeout: 60_000 })
+  await page.click('#stop')
+  await page.locator('.usage', { hasText: 'stopped' }).waitFor()
+  assert.equal(await page.locator('.tool-card.ok').count(), 1)
+  const next = page.waitForRequest((r) => r.url().endsWith('/api/agent/chat'))
+  await page.fill('#input', 'Thanks!')
+  await page.click('#send')
+  const { messages } = JSON.parse((await next).postData())
+  const call = messages.find((m) => m.role === 'assistant' && m.tool_calls)
+  assert.ok(call, JSON.stringify(messages))
+  const result = messages.find((m) => m.role === 'tool')
+  assert.equal(result.tool_call_id, call.tool_calls[0].id)
+  assert.match(result.content, /7006652/)
+  assert.deepEqual(messages.map((m) => m.role).slice(-2), ['assistant', 'user'])
+  await page.click('#stop')
+})

@@ -82,6 +82,12 @@ export async function startServer(env = {}) {
     url,
     /** Everything the server printed so far. */
     output: () => output,
+    /** Sends `signal`; resolves with the exit code once the process has ended. */
+    kill(signal) {
+      const exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)))
+      child.kill(signal)
+      return exited
+    },
     async stop() {
       if (child.exitCode !== null) return
       const exited = new Promise((resolve) => child.once('exit', resolve))

@@ -151,6 +151,18 @@ test('bad requests get 400/413 with an OpenAI-style error body, and the server s
   assert.equal((await fetch(`${server.url}/health`)).status, 200)
 })
 
+test('routes nobody serves and errors get JSON bodies, never an HTML page', async () => {
+  for (const [method, route] of [['GET', '/nope'], ['POST', '/v1/completions'], ['DELETE', '/v1/models']]) {
+    const res = await fetch(`${server.url}${route}`, { method })
+    assert.equal(res.status, 404, route)
+    assert.match(res.headers.get('content-type'), /application\/json/)
+    assert.equal((await res.json()).error.code, 'ERR_NOT_FOUND')
+  }
+  const malformed = await fetch(`${server.url}/v1/models/%E0%A4%A`)
+  assert.equal(malformed.status, 400)
+  assert.equal((await malformed.json()).error.code, 'ERR_INVALID_REQUEST')
+})
+
 test('a client that disconnects mid-stream frees the model for the next request', async () => {
   const controller = new AbortController()
   const res = await fetch(`${server.url}/v1/chat/completions`, {
@@ -287,4 +299,42 @@ test('16 concurrent mixed requests (streams, tools, json_schema, aborts, disconn
   const afterSecond = await residentBytes()
   // A second identical round allocates nothing that stays: at most allocator noise on top.
   assert.ok(afterSecond < afterFirst + 64 * 2 ** 20, `RSS ${afterFirst / 2 ** 20} MiB -> ${afterSecond / 2 ** 20} MiB`)
+})
+
+test('SIGTERM: running answers finish within the grace period, the rest end with an error chunk or event, exit 0', async () => {
+  // Two servers: one whose grace lets a short answer finish and cuts a long one, one with no grace
+  // for the agent route (whose tool calls make its length hard to predict).
+  const [graceful, abrupt] = await Promise.all([startServer({ SHUTDOWN_GRACE_MS: '4000' }), startServer({ SHUTDOWN_GRACE_MS: '0' })])
+  const post = (server, route, body) => fetch(`${server.url}${route}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
+  const counting = (max_tokens) => ({ messages: [{ role: 'user', content: 'Count from 1 to 1000, one number per line.' }], temperature: 0, max_tokens })
+  const [short, long, agent] = await Promise.all([
+    post(graceful, '/v1/chat/completions', { ...counting(16), stream: true }),
+    post(graceful, '/v1/chat/completions', { ...counting(3000), stream: true }),
+    post(abrupt, '/api/agent/chat', counting(3000)),
+  ])
+  // The long streams are read to their ends; the signals go out once they have started.
+  const reading = [long, agent].map((res) => {
+    const reader = res.body.getReader()
+    const chunks = []
+    const started = reader.read().then((r) => chunks.push(r.value))
+    const events = started.then(async () => {
+      for (let r; !(r = await reader.read()).done; ) chunks.push(r.value)
+      return readEvents(new Response(new Blob(chunks)))
+    })
+    return { started, events }
+  })
+  await Promise.all(reading.map((r) => r.started))
+  const exits = [graceful.kill('SIGTERM'), abrupt.kill('SIGTERM')]
+  const [shortEvents, longEvents, agentEvents] = await Promise.all([readEvents(short), ...reading.map((r) => r.events)])
+  // Finished within the grace period: a whole answer.
+  assert.equal(shortEvents.at(-1).data, '[DONE]')
+  assert.equal(shortEvents.at(-2).data.choices[0].finish_reason, 'length')
+  // Cut off: a final error chunk (as OpenAI streams carry errors) with no [DONE], or an error event.
+  assert.ok(longEvents.length > 2)
+  assert.equal(longEvents.at(-1).event, 'message')
+  assert.equal(longEvents.at(-1).data.error.code, 'ERR_CLOSED', JSON.stringify(longEvents.at(-1)))
+  assert.equal(agentEvents.at(-1).event, 'error', JSON.stringify(agentEvents.at(-1)).slice(0, 300))
+  assert.equal(agentEvents.at(-1).data.error.code, 'ERR_CLOSED')
+  assert.deepEqual(await Promise.all(exits), [0, 0])
+  assert.match(graceful.output(), /SIGTERM: no new requests; running ones have 4000 ms to finish/)
 })

@@ -11,6 +11,8 @@ export const DEFAULT_SYSTEM_PROMPT =
  *   { type: 'delta', content }                          answer text as it is generated
  *   { type: 'tool_call', id, name, arguments }          a call the model made (arguments parsed when JSON)
  *   { type: 'tool_result', id, name, ok, result | error, ms }   as each call finishes (they run in parallel)
+ *   { type: 'step', step, messages }                    a finished tool round: the assistant message with its
+ *                                                       calls, then the tool messages (what a client keeps if it stops later)
  *   { type: 'final', message, finish_reason, usage, steps, messages }   `messages`: what this run added
  * Errors (bad request, abort) are thrown from the iteration.
  *
@@ -50,6 +52,7 @@ export async function* runAgent(model, tools, { messages, options = {}, maxSteps
     signal?.throwIfAborted()
     added.push(...results)
     conversation.push(...results)
+    yield { type: 'step', step, messages: [message, ...results] }
   }
 }
 

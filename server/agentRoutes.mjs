@@ -1,9 +1,11 @@
 // The agent's HTTP routes, as an Express Router over a loaded qwen-native model and a tool registry:
 //   POST /api/agent/chat        the agent loop (model -> tools -> model ...) streamed as Server-Sent Events
+//                               (delta, tool_call, tool_result, step, final, error; see agent.mjs)
 //   POST /v1/chat/completions   OpenAI-compatible (JSON, or SSE ending in `data: [DONE]`); tools pass through
 //   GET  /v1/models, /v1/models/:id, /health (model, tools, engine stats), /metrics (Prometheus text)
-// Errors are OpenAI-shaped bodies ({ error: { message, type, param, code } }) with a 4xx/5xx status, or an
-// `error` event once a stream has started. A client that disconnects aborts its generation.
+// Errors are OpenAI-shaped bodies ({ error: { message, type, param, code } }) with a 4xx/5xx status, or, once a
+// stream has started, a final `data: {"error": ...}` chunk (/v1) or `error` event (agent). A client that
+// disconnects aborts its generation. `router.close({ graceMs })` drains it for a graceful shutdown.
 import express from 'express'
 import { runAgent, DEFAULT_SYSTEM_PROMPT } from './agent.mjs'
 import { metricsHandler } from './metrics.mjs'
@@ -16,6 +18,7 @@ const STATUS = {
   ERR_BODY_TOO_LARGE: 413,
   ERR_OVERLOADED: 429,
   ERR_CLOSED: 503,
+  ERR_TIMEOUT: 504,
 }
 
 /**
@@ -33,30 +36,54 @@ export function createAgentRouter(model, tools, { maxSteps = 6, bodyLimit = '1mb
   if (!(heartbeatMs >= 0)) throw new TypeError('heartbeatMs must be a number of milliseconds (0: none)')
   const router = express.Router()
   const created = Math.floor(Date.now() / 1000)
-  let active = 0 // generations running or queued on behalf of this router's clients
+  const running = new Set() // AbortControllers of the requests in progress (generating or queued)
+  let closing = null // the error new and cut-off requests get once close() was called
+  let onIdle = null
 
-  /** Runs `work(signal)` as one client's request: a disconnect aborts it; counted in /health. */
-  async function serve(res, work) {
+  /**
+   * Runs `work(signal)` as one client's request: a disconnect aborts it; counted in /health.
+   * `openai`: a mid-stream error is a final `data:` chunk rather than an `error` event.
+   */
+  async function serve(res, work, { openai = false } = {}) {
+    if (closing) return sendError(res, closing)
     const controller = new AbortController()
     const onClose = () => res.writableFinished || controller.abort()
     res.on('close', onClose)
-    active++
+    running.add(controller)
     try {
       await work(controller.signal)
     } catch (err) {
-      if (!controller.signal.aborted) sendError(res, err)
+      // Cut off by close(): the client hears why. Aborted by its own disconnect: nobody listens.
+      if (closing && controller.signal.reason === closing) sendError(res, closing, { openai })
+      else if (!controller.signal.aborted) sendError(res, err, { openai })
     } finally {
-      active--
+      running.delete(controller)
       res.off('close', onClose)
+      if (running.size === 0) onIdle?.()
     }
+  }
+
+  /**
+   * Graceful shutdown: new requests get 503 ERR_CLOSED; running ones may finish for `graceMs`, then
+   * each ends with an ERR_CLOSED error (an error chunk or event on a stream, not a cut socket).
+   * Resolves once none is left.
+   */
+  router.close = async ({ graceMs = 10_000 } = {}) => {
+    closing ??= codedError('ERR_CLOSED', 'the server is shutting down')
+    const idle = () => (running.size === 0 ? Promise.resolve() : new Promise((resolve) => (onIdle = resolve)))
+    let timer
+    await Promise.race([idle(), new Promise((resolve) => (timer = setTimeout(resolve, graceMs)))])
+    clearTimeout(timer)
+    for (const controller of running) controller.abort(closing)
+    await idle()
   }
 
   router.use(express.json({ limit: bodyLimit }))
 
   router.get('/health', (req, res) => {
-    res.json({ status: 'ok', model: model.info, tools: tools.names, requests: { active }, engine: model.stats() })
+    res.json({ status: closing ? 'closing' : 'ok', model: model.info, tools: tools.names, requests: { active: running.size }, engine: model.stats() })
   })
-  router.get('/metrics', metricsHandler(model, () => active))
+  router.get('/metrics', metricsHandler(model, () => running.size))
 
   const modelEntry = () => ({ id: model.info.name, object: 'model', created, owned_by: 'qwen-native' })
   router.get('/v1/models', (req, res) => res.json({ object: 'list', data: [modelEntry()] }))
@@ -72,7 +99,7 @@ export function createAgentRouter(model, tools, { maxSteps = 6, bodyLimit = '1mb
       const sse = new EventStream(res, heartbeatMs)
       for await (const chunk of model.chatStream(body, { signal })) await sse.send(chunk)
       await sse.done()
-    }),
+    }, { openai: true }),
   )
 
   router.post('/api/agent/chat', (req, res) =>
@@ -90,10 +117,21 @@ export function createAgentRouter(model, tools, { maxSteps = 6, bodyLimit = '1mb
     // body-parser's errors: malformed JSON (400) and bodies over the limit (413).
     if (err?.type === 'entity.too.large') return sendError(res, codedError('ERR_BODY_TOO_LARGE', `the request body is over the ${bodyLimit} limit`))
     if (err?.type === 'entity.parse.failed') return sendError(res, codedError('ERR_INVALID_REQUEST', `the request body is not valid JSON (${err.message})`))
-    if (err?.status >= 400 && err.status < 500) return sendError(res, codedError('ERR_INVALID_REQUEST', err.message), err.status)
-    next(err)
+    jsonErrors(err, req, res, next)
   })
   return router
+}
+
+/** Express error middleware answering every error as an OpenAI-style JSON body (never Express's HTML page). */
+export function jsonErrors(err, req, res, next) {
+  if (res.headersSent && !res.getHeader('content-type')?.startsWith('text/event-stream')) return next(err)
+  if (err?.status >= 400 && err.status < 500) return sendError(res, codedError('ERR_INVALID_REQUEST', err.message), { status: err.status })
+  sendError(res, err instanceof Error ? err : new Error(String(err)))
+}
+
+/** A JSON 404 for routes nobody serves. */
+export function notFound(req, res) {
+  sendError(res, codedError('ERR_NOT_FOUND', `no route ${req.method} ${req.path}`))
 }
 
 /** The agent route's body: OpenAI-style `messages` plus sampling options; tools come from the registry. */
@@ -176,8 +214,11 @@ function codedError(code, message, param = null) {
   return Object.assign(new Error(message), { code, param })
 }
 
-/** Sends `err` as an OpenAI-style error: a JSON body with a status, or an `error` event mid-stream. */
-function sendError(res, err, status = STATUS[err.code] ?? 500) {
+/**
+ * Sends `err` as an OpenAI-style error: a JSON body with a status, or mid-stream a final `data:` chunk
+ * holding `{ error }` (`openai`, as OpenAI's streams do) or an `error` event.
+ */
+function sendError(res, err, { status = STATUS[err.code] ?? 500, openai = false } = {}) {
   const error = {
     message: err.message,
     type: status < 500 ? 'invalid_request_error' : 'server_error',
@@ -187,6 +228,6 @@ function sendError(res, err, status = STATUS[err.code] ?? 500) {
   if (status >= 500) console.error('[qwen-native server]', err)
   if (res.destroyed) return
   if (!res.headersSent) return res.status(status).json({ error })
-  // Mid-stream: the status is already 200, so the error travels as an event and the stream ends.
-  res.end(`event: error\ndata: ${JSON.stringify({ error })}\n\n`)
+  // Mid-stream: the status is already 200, so the error travels in the stream, which then ends.
+  res.end(`${openai ? '' : 'event: error\n'}data: ${JSON.stringify({ error })}\n\n`)
 }

@@ -1,5 +1,5 @@
 // The chat page: sends the conversation to POST /api/agent/chat and renders its Server-Sent Events
-// (delta, tool_call, tool_result, final, error) as they arrive. Plain browser JS, no build step.
+// (delta, tool_call, tool_result, step, final, error) as they arrive. Plain browser JS, no build step.
 
 const log = document.querySelector('#log')
 const form = document.querySelector('#composer')
@@ -98,7 +98,8 @@ async function send(text) {
   controller = new AbortController()
   setBusy(true)
   let bubble = null // the assistant bubble deltas go into; a tool card starts a new one
-  let partial = ''
+  const finished = [] // this turn's finished tool rounds: assistant calls and tool results
+  let partial = '' // text of the step in progress
   try {
     const response = await fetch('/api/agent/chat', {
       method: 'POST',
@@ -122,6 +123,9 @@ async function send(text) {
         toolCard(data)
       } else if (event === 'tool_result') {
         finishToolCard(data)
+      } else if (event === 'step') {
+        finished.push(...data.messages)
+        partial = ''
       } else if (event === 'final') {
         bubble?.classList.remove('streaming')
         if (!bubble && data.message.content) add('message assistant', data.message.content)
@@ -136,8 +140,8 @@ async function send(text) {
     bubble?.classList.remove('streaming')
     if (err.name === 'AbortError') {
       add('usage muted', 'stopped')
-      // Keep what was said, so the next message has its context.
-      history.push(userMessage, { role: 'assistant', content: partial })
+      // Keep what was said and done, so the next message has its context.
+      history.push(userMessage, ...finished, { role: 'assistant', content: partial })
     } else {
       add('message error', err.message)
     }
