@@ -45,6 +45,19 @@ impl ChatRequest {
             Some(_) => return invalid("`messages` must be an array of message objects"),
             None => return invalid("`messages` is required"),
         };
+        // Refused rather than answered with `logprobs: null`, which reads as "none were likely".
+        match body.get("logprobs") {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+            Some(Value::Bool(true)) => return invalid(
+                "`logprobs` is not supported by qwen-native yet; leave it out or set it to false",
+            ),
+            Some(_) => return invalid("`logprobs` must be a boolean"),
+        }
+        if body.get("top_logprobs").is_some_and(|v| !v.is_null()) {
+            return invalid(
+                "`top_logprobs` is not supported by qwen-native yet (it needs `logprobs`)",
+            );
+        }
         if let Some(n) = body.get("n").filter(|v| !v.is_null()) {
             if integer(n) != Some(1) {
                 return invalid("`n` must be 1: qwen-native returns one choice per request");
@@ -378,5 +391,20 @@ mod tests {
         let r = check(with("max_tokens", json!(1e12))).unwrap();
         assert_eq!(r.max_tokens, Some(1_000_000_000_000));
         assert_eq!(check(with("n", json!(1.0))).unwrap().messages.len(), 1);
+    }
+
+    #[test]
+    fn logprobs_are_refused_not_answered_with_null() {
+        let with = |fields: Value| {
+            let mut body = json!({"messages": [{"role": "user", "content": "x"}]});
+            body.as_object_mut()
+                .unwrap()
+                .extend(fields.as_object().unwrap().clone());
+            body
+        };
+        assert!(message_of(with(json!({"logprobs": true}))).contains("`logprobs` is not supported"));
+        assert!(message_of(with(json!({"logprobs": 1}))).contains("`logprobs` must be a boolean"));
+        assert!(message_of(with(json!({"top_logprobs": 3}))).contains("`top_logprobs`"));
+        assert!(check(with(json!({"logprobs": false, "top_logprobs": null}))).is_ok());
     }
 }
