@@ -14,6 +14,9 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::SplitDelimiterBehavior;
 
+/// Largest vocabulary a tokenizer may declare.
+const MAX_VOCAB: usize = 1 << 21;
+
 /// Qwen2's pre-tokenizer regex, as in its `tokenizer.json`.
 const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
@@ -126,7 +129,7 @@ impl Tokenizer {
         tk.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::new(
             false, false, false,
         )));
-        let mut tokenizer = Self::assemble(tk, added);
+        let mut tokenizer = Self::assemble(tk, added)?;
         // Type 5 = unused padding ids (`[PAD151665]`...): no text, as in `tokenizer.json`.
         for (id, _) in types.iter().enumerate().filter(|(_, t)| **t == 5) {
             if let Some(p) = tokenizer.pieces.get_mut(id) {
@@ -140,29 +143,40 @@ impl Tokenizer {
     pub fn from_json(json: &str) -> Result<Self> {
         let mut value: serde_json::Value = serde_json::from_str(json)
             .map_err(|e| EngineError::load(format!("tokenizer.json is not JSON: {e}")))?;
+        if !value.is_object() {
+            return Err(EngineError::load("tokenizer.json must hold a JSON object"));
+        }
         let added = value
             .get("added_tokens")
             .and_then(|a| a.as_array())
             .map(|arr| {
                 arr.iter()
-                    .filter_map(|t| {
-                        Some(AddedToken {
-                            text: t.get("content")?.as_str()?.to_string(),
-                            id: t.get("id")?.as_u64()? as u32,
-                            control: t.get("special").and_then(|s| s.as_bool()).unwrap_or(false),
-                        })
+                    .map(|t| {
+                        let text = t.get("content").and_then(|c| c.as_str());
+                        let id = t.get("id").and_then(|i| i.as_u64());
+                        match (text, id.and_then(|i| u32::try_from(i).ok())) {
+                            (Some(text), Some(id)) => Ok(AddedToken {
+                                text: text.to_string(),
+                                id,
+                                control: t.get("special").and_then(|s| s.as_bool()).unwrap_or(false),
+                            }),
+                            _ => Err(EngineError::load(format!(
+                                "tokenizer.json: added token {t} needs a string `content` and a 32-bit `id`"
+                            ))),
+                        }
                     })
-                    .collect()
+                    .collect::<Result<Vec<_>>>()
             })
+            .transpose()?
             .unwrap_or_default();
         // Added tokens are matched by `encode_segments`; the inner tokenizer only runs BPE.
         value["added_tokens"] = serde_json::Value::Array(vec![]);
         let tk: tokenizers::Tokenizer = serde_json::from_value(value)
             .map_err(|e| EngineError::load(format!("unsupported tokenizer.json: {e}")))?;
-        Ok(Self::assemble(tk, added))
+        Self::assemble(tk, added)
     }
 
-    fn assemble(bpe: tokenizers::Tokenizer, mut added: Vec<AddedToken>) -> Self {
+    fn assemble(bpe: tokenizers::Tokenizer, mut added: Vec<AddedToken>) -> Result<Self> {
         added.sort_by(|a, b| b.text.len().cmp(&a.text.len()).then(a.id.cmp(&b.id)));
         let byte_of = byte_level_decoder();
         let vocab = bpe.get_vocab(false);
@@ -171,6 +185,14 @@ impl Tokenizer {
             .chain(added.iter().map(|t| &t.id))
             .max()
             .map_or(0, |m| *m as usize + 1);
+        // The id table is as long as the largest id: a corrupt id must not size it (Qwen2's
+        // vocabulary has 151,936 ids; the largest known vocabularies about 260,000).
+        if size > MAX_VOCAB {
+            return Err(EngineError::load(format!(
+                "the tokenizer has a token id of {}, beyond any real vocabulary ({MAX_VOCAB} ids); the file is corrupt",
+                size - 1
+            )));
+        }
         let mut pieces = vec![Vec::new(); size];
         for (piece, id) in vocab {
             pieces[id as usize] = piece
@@ -182,7 +204,7 @@ impl Tokenizer {
         for t in &added {
             pieces[t.id as usize] = t.text.as_bytes().to_vec();
         }
-        Self { bpe, added, pieces }
+        Ok(Self { bpe, added, pieces })
     }
 
     /// Number of ids the tokenizer knows.

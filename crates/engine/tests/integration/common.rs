@@ -1,7 +1,10 @@
 use qwen_engine::candle_core::quantized::gguf_file;
+use qwen_engine::grammar::GrammarCompiler;
+use qwen_engine::template::ChatTemplate;
+use qwen_engine::tokenizer::Tokenizer;
 use qwen_engine::{Engine, EngineOptions};
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -44,5 +47,28 @@ pub fn engine() -> &'static Engine {
         let mut opts = EngineOptions::new(model_path());
         opts.threads = Some(2);
         Engine::load(&opts, None).expect("load the default model")
+    })
+}
+
+/// The default model's tokenizer, built once.
+pub fn tokenizer() -> Arc<Tokenizer> {
+    static T: OnceLock<Arc<Tokenizer>> = OnceLock::new();
+    T.get_or_init(|| Arc::new(Tokenizer::from_gguf(gguf()).unwrap()))
+        .clone()
+}
+
+/// The default model's chat template.
+pub fn template() -> &'static ChatTemplate {
+    static T: OnceLock<ChatTemplate> = OnceLock::new();
+    T.get_or_init(|| ChatTemplate::new(&chat_template_source(), "", "<|im_end|>").unwrap())
+}
+
+/// Grammars over the default model's vocabulary, built once.
+pub fn compiler() -> &'static GrammarCompiler {
+    static C: OnceLock<GrammarCompiler> = OnceLock::new();
+    C.get_or_init(|| {
+        let t = tokenizer();
+        let eot = t.added_token_id("<|im_end|>").unwrap();
+        GrammarCompiler::new(t, 151_936, eot).unwrap()
     })
 }

@@ -13,7 +13,7 @@ fn load_err(path: &Path) -> EngineError {
     }
 }
 
-fn scratch(name: &str) -> PathBuf {
+pub(crate) fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("qwen-engine-load-errors-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
@@ -25,7 +25,12 @@ fn gguf_bytes(arch: &str, ggml_type: u32, data_len: usize) -> Vec<u8> {
 }
 
 /// A GGUF of one tensor, with `general.alignment` (a u32) when given.
-fn gguf_bytes_with(arch: &str, ggml_type: u32, data_len: usize, alignment: Option<u32>) -> Vec<u8> {
+pub(crate) fn gguf_bytes_with(
+    arch: &str,
+    ggml_type: u32,
+    data_len: usize,
+    alignment: Option<u32>,
+) -> Vec<u8> {
     let mut b = b"GGUF".to_vec();
     let string = |b: &mut Vec<u8>, s: &str| {
         b.extend((s.len() as u64).to_le_bytes());

@@ -6,6 +6,7 @@ mod engine;
 mod load_errors;
 mod prefix_cache;
 mod prompt_injection;
+mod properties;
 mod safetensors_parity;
 mod scheduler;
 mod template_parity;

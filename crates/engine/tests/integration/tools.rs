@@ -1,14 +1,12 @@
 //! Function calling on the real model, and the grammar's guarantee: whatever the logits, a
 //! constrained call is valid JSON naming a declared tool with schema-valid arguments.
 
-use crate::common::{engine, gguf};
-use qwen_engine::grammar::{answer_grammar, GrammarCompiler};
+use crate::common::{compiler, engine, tokenizer};
+use qwen_engine::grammar::answer_grammar;
 use qwen_engine::sampling::Rng;
-use qwen_engine::tokenizer::Tokenizer;
 use qwen_engine::tools::ToolSettings;
 use qwen_engine::{AssistantMessage, FinishReason};
 use serde_json::{json, Value};
-use std::sync::{Arc, OnceLock};
 
 pub(crate) fn weather_tool() -> Value {
     json!({"type": "function", "function": {
@@ -126,21 +124,6 @@ fn a_call_repeated_after_its_result_becomes_a_text_answer() {
 }
 
 // ---- the grammar, on the real vocabulary ----
-
-fn tokenizer() -> Arc<Tokenizer> {
-    static T: OnceLock<Arc<Tokenizer>> = OnceLock::new();
-    T.get_or_init(|| Arc::new(Tokenizer::from_gguf(gguf()).unwrap()))
-        .clone()
-}
-
-fn compiler() -> &'static GrammarCompiler {
-    static C: OnceLock<GrammarCompiler> = OnceLock::new();
-    C.get_or_init(|| {
-        let t = tokenizer();
-        let eot = t.added_token_id("<|im_end|>").unwrap();
-        GrammarCompiler::new(t, 151_936, eot).unwrap()
-    })
-}
 
 fn required_settings(tools: Value) -> ToolSettings {
     let body = json!({"tools": tools, "tool_choice": "required"});
