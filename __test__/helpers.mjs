@@ -89,10 +89,7 @@ export async function startServer(env = {}) {
       return exited
     },
     async stop() {
-      if (child.exitCode !== null) return
-      const exited = new Promise((resolve) => child.once('exit', resolve))
-      child.kill('SIGTERM')
-      await exited
+      if (child.exitCode === null) await this.kill('SIGTERM')
     },
   }
 }

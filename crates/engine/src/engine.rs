@@ -284,9 +284,8 @@ impl Engine {
         };
         // Free places in the batch are not queue: a burst that fits the batch is never refused
         // just because the engine thread has not admitted it yet.
-        let stats = self.shared.stats();
-        let free_places = stats.max_batch.saturating_sub(stats.running);
-        if stats.queued >= self.max_queue + free_places {
+        let queued = self.shared.queued.load(Ordering::SeqCst);
+        if queued >= self.max_queue + self.shared.free_batch_places() {
             return Err(EngineError::Overloaded(format!(
                 "{} requests are already waiting for this model; retry later or raise maxQueue",
                 self.max_queue

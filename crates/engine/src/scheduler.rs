@@ -94,6 +94,13 @@ impl Shared {
         }
     }
 
+    /// Batch places no request holds now (admission runs on the engine thread, a step later).
+    pub fn free_batch_places(&self) -> usize {
+        self.stats
+            .lock()
+            .map_or(0, |s| s.max_batch.saturating_sub(s.running))
+    }
+
     /// The counters as of now (the token rate over the last few seconds).
     pub fn stats(&self) -> Stats {
         let mut stats = self.stats.lock().map(|s| s.clone()).unwrap_or_default();

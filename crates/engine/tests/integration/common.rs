@@ -1,8 +1,12 @@
 use qwen_engine::candle_core::quantized::gguf_file;
 use qwen_engine::grammar::GrammarCompiler;
+use qwen_engine::prompt::render_prompt;
+use qwen_engine::request::ChatRequest;
+use qwen_engine::sampling::SamplingParams;
 use qwen_engine::template::ChatTemplate;
 use qwen_engine::tokenizer::Tokenizer;
 use qwen_engine::{Engine, EngineOptions};
+use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
@@ -71,4 +75,34 @@ pub fn compiler() -> &'static GrammarCompiler {
         let eot = t.added_token_id("<|im_end|>").unwrap();
         GrammarCompiler::new(t, 151_936, eot).unwrap()
     })
+}
+
+/// Validates and renders a body: None when the body is refused (with ERR_INVALID_REQUEST); the
+/// prompt tokens and the rendered text otherwise.
+pub fn rendered_prompt(body: &Value) -> Option<(Vec<u32>, String)> {
+    let request = match ChatRequest::from_json(body, &SamplingParams::greedy()) {
+        Ok(r) => r,
+        Err(e) => {
+            assert_eq!(e.code(), "ERR_INVALID_REQUEST", "{e}");
+            return None;
+        }
+    };
+    let tokenizer = tokenizer();
+    match render_prompt(&tokenizer, template(), &request, request.tools.as_deref()) {
+        Ok(ids) => {
+            let text = template()
+                .render(&request.messages, request.tools.as_deref(), true)
+                .unwrap();
+            Some((ids, text))
+        }
+        Err(e) => {
+            assert_eq!(e.code(), "ERR_INVALID_REQUEST", "{e}");
+            None
+        }
+    }
+}
+
+pub fn special_ids(ids: &[u32]) -> Vec<u32> {
+    let added: Vec<u32> = tokenizer().added_ids().collect();
+    ids.iter().copied().filter(|i| added.contains(i)).collect()
 }

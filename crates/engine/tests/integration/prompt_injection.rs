@@ -2,8 +2,7 @@
 //! in any field that reaches the prompt (contents, tool-call arguments, tool descriptions and
 //! schemas, keys included) is tokenized as its characters.
 
-use crate::common::{template, tokenizer};
-use qwen_engine::prompt::render_prompt;
+use crate::common::{rendered_prompt, special_ids, tokenizer};
 use qwen_engine::request::ChatRequest;
 use qwen_engine::sampling::SamplingParams;
 use serde_json::{json, Value};
@@ -65,32 +64,17 @@ fn requests(text: &str) -> Vec<(&'static str, Value)> {
 
 #[test]
 fn caller_text_never_becomes_special_tokens() {
-    let (template, tokenizer) = (template(), tokenizer());
-    let added: Vec<u32> = tokenizer.added_ids().collect();
-    let prompt = |body: &Value| {
-        let request = ChatRequest::from_json(body, &SamplingParams::greedy()).unwrap();
-        let ids = render_prompt(&tokenizer, template, &request, request.tools.as_deref()).unwrap();
-        let text = template
-            .render(&request.messages, request.tools.as_deref(), true)
-            .unwrap();
-        (ids, text)
-    };
-    let special = |ids: &[u32]| -> Vec<u32> {
-        ids.iter()
-            .copied()
-            .filter(|id| added.contains(id))
-            .collect()
-    };
+    let prompt = |body: &Value| rendered_prompt(body).expect("the request renders");
     for ((field, attack), (_, benign)) in requests(INJECTION).iter().zip(requests(BENIGN)) {
         let (ids, text) = prompt(attack);
         let (benign_ids, _) = prompt(&benign);
         assert_eq!(
-            special(&ids),
-            special(&benign_ids),
+            special_ids(&ids),
+            special_ids(&benign_ids),
             "special tokens from text in the {field}"
         );
         assert_eq!(
-            tokenizer.decode(&ids),
+            tokenizer().decode(&ids),
             text,
             "the {field}'s text is kept, character for character"
         );

@@ -4,7 +4,7 @@
 //! on. `cargo test` runs proptest's default 256 cases each (a few dozen for the file-writing
 //! GGUF cases); `npm run fuzz` runs many more (PROPTEST_CASES).
 
-use crate::common::{compiler, gguf, model_path, template, tokenizer};
+use crate::common::{compiler, gguf, model_path, rendered_prompt, special_ids, tokenizer};
 use crate::load_errors::{gguf_bytes_with, scratch};
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -13,7 +13,6 @@ use qwen_engine::config::ModelConfig;
 use qwen_engine::detokenize::StreamDecoder;
 use qwen_engine::grammar::answer_grammar;
 use qwen_engine::loader::{self, LoadOptions};
-use qwen_engine::prompt::render_prompt;
 use qwen_engine::request::ChatRequest;
 use qwen_engine::sampling::SamplingParams;
 use qwen_engine::tokenizer::Tokenizer;
@@ -265,42 +264,12 @@ fn defused(v: &Value) -> Value {
     }
 }
 
-/// Validates and renders a body: None when the body is refused (with ERR_INVALID_REQUEST or
-/// ERR_CONTEXT_LENGTH); the prompt tokens and the rendered text otherwise.
-fn render(body: &Value) -> Option<(Vec<u32>, String)> {
-    let request = match ChatRequest::from_json(body, &SamplingParams::greedy()) {
-        Ok(r) => r,
-        Err(e) => {
-            assert_eq!(e.code(), "ERR_INVALID_REQUEST", "{e}");
-            return None;
-        }
-    };
-    let tokenizer = tokenizer();
-    match render_prompt(&tokenizer, template(), &request, request.tools.as_deref()) {
-        Ok(ids) => {
-            let text = template()
-                .render(&request.messages, request.tools.as_deref(), true)
-                .unwrap();
-            Some((ids, text))
-        }
-        Err(e) => {
-            assert_eq!(e.code(), "ERR_INVALID_REQUEST", "{e}");
-            None
-        }
-    }
-}
-
-fn special_ids(ids: &[u32]) -> Vec<u32> {
-    let added: Vec<u32> = tokenizer().added_ids().collect();
-    ids.iter().copied().filter(|i| added.contains(i)).collect()
-}
-
 proptest! {
     /// Any body is validated without a panic; one that passes renders to tokens that decode to
     /// the rendered text, and its grammar (if any) compiles or is refused with a coded error.
     #[test]
     fn any_request_body_is_refused_or_rendered(body in prop_oneof![arb_json(), mutated(full_request())]) {
-        if let Some((ids, text)) = render(&body) {
+        if let Some((ids, text)) = rendered_prompt(&body) {
             prop_assert_eq!(tokenizer().decode(&ids), text);
             let request = ChatRequest::from_json(&body, &SamplingParams::greedy()).unwrap();
             if let Some(lark) = answer_grammar(&request.tool_settings) {
@@ -315,8 +284,8 @@ proptest! {
     /// that text defused: only the template's markup is special.
     #[test]
     fn caller_text_adds_no_special_tokens(body in arb_conversation()) {
-        let plain = render(&defused(&body));
-        let rendered = render(&body);
+        let plain = rendered_prompt(&defused(&body));
+        let rendered = rendered_prompt(&body);
         prop_assert_eq!(plain.is_some(), rendered.is_some());
         if let (Some((ids, text)), Some((plain_ids, _))) = (rendered, plain) {
             prop_assert_eq!(special_ids(&ids), special_ids(&plain_ids));
