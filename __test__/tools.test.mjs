@@ -36,17 +36,30 @@ test('the weather question becomes get_weather({"location":"Lisbon","unit":"cels
 
 test('streamed tool-call deltas reassemble to exactly the non-streamed tool_calls', async () => {
   const m = await model()
-  const full = await m.chat(weatherRequest())
-  const chunks = await collect(m.chatStream(weatherRequest()))
-  const streamed = streamedToolCalls(chunks)
-  const withoutIds = (calls) => calls.map(({ id, ...rest }) => rest)
-  assert.deepEqual(withoutIds(streamed), withoutIds(full.choices[0].message.tool_calls))
-  assert.notEqual(streamed[0].id, full.choices[0].message.tool_calls[0].id, 'ids are unique per call')
-  // The arguments arrive in several pieces, and no markup leaks into content.
-  const pieces = chunks.flatMap((c) => c.choices[0]?.delta?.tool_calls ?? [])
-  assert.ok(pieces.length > 2, `${pieces.length} pieces`)
-  assert.equal(streamedText(chunks), '')
-  assert.equal(chunks.at(-1).choices[0].finish_reason, 'tool_calls')
+  // `auto`: the call guard holds the call until it is complete (it may still be withdrawn as a
+  // placeholder); forced: the arguments stream as they are generated.
+  for (const [extra, minPieces] of [[{}, 2], [{ tool_choice: 'required' }, 3]]) {
+    const full = await m.chat(weatherRequest(extra))
+    const chunks = await collect(m.chatStream(weatherRequest(extra)))
+    const streamed = streamedToolCalls(chunks)
+    const withoutIds = (calls) => calls.map(({ id, ...rest }) => rest)
+    assert.deepEqual(withoutIds(streamed), withoutIds(full.choices[0].message.tool_calls))
+    assert.notEqual(streamed[0].id, full.choices[0].message.tool_calls[0].id, 'ids are unique per call')
+    const pieces = chunks.flatMap((c) => c.choices[0]?.delta?.tool_calls ?? [])
+    assert.ok(pieces.length >= minPieces, `${JSON.stringify(extra)}: ${pieces.length} pieces`)
+    // No markup leaks into content.
+    assert.equal(streamedText(chunks), '')
+    assert.equal(chunks.at(-1).choices[0].finish_reason, 'tool_calls')
+  }
+})
+
+test('a question no tool fits is answered in text, not with a call filled from the schema example', async () => {
+  const m = await model()
+  const res = await m.chat({ messages: [{ role: 'user', content: 'What is 12 times 12?' }], tools: [WEATHER_TOOL], temperature: 0, max_tokens: 40 })
+  const [choice] = res.choices
+  assert.equal(choice.message.tool_calls, undefined, JSON.stringify(choice.message))
+  assert.equal(choice.finish_reason, 'stop')
+  assert.match(choice.message.content, /144/)
 })
 
 /**

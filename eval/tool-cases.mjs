@@ -1,9 +1,15 @@
-// The tool-calling evaluation set: one catalogue of tools (so every case sees the same prompt
-// prefix, as an agent does) and cases with the exact calls expected, or none.
+// The tool-calling evaluation sets, each one catalogue of tools (so every case sees the same
+// prompt prefix, as an agent does) and cases with the exact calls expected, or none:
+// - CASES over TOOLS, eight everyday tools with no system prompt;
+// - AGENT_CASES over the example server's tools with its system prompt (AGENT_SYSTEM_PROMPT),
+//   which is what users of `npm start` meet.
 //
 // `expect` lists calls as { name, arguments } (arguments compared key by key: strings without
-// regard to case or surrounding space, numbers by value); [] means the model should answer in
-// text. `before` holds earlier turns for multi-turn cases.
+// regard to case or surrounding space, numbers by value; {} accepts any arguments); [] means
+// the model should answer in text. `answerIncludes`: text (or a RegExp) the answer must hold, in
+// prose: an answer that echoes JSON back does not count.
+import { DEFAULT_SYSTEM_PROMPT } from '../server/agent.mjs'
+import { createDefaultTools } from '../server/agentTools.mjs'
 
 const fn = (name, description, properties, required = Object.keys(properties)) => ({
   type: 'function',
@@ -119,4 +125,31 @@ export const CASES = [
   { id: 'pt-flight', kind: 'portuguese', messages: user('Procure voos de Porto para Londres em 2025-08-01 para 2 passageiros.'), expect: [call('search_flights', { origin: 'Porto', destination: 'London', date: '2025-08-01', passengers: 2 })] },
   { id: 'pt-none', kind: 'portuguese', messages: user('Qual é a capital do Brasil?'), expect: [] },
   { id: 'pt-email', kind: 'portuguese', messages: user('Envie um email para joao@example.com com assunto "Reunião" e corpo "Amanhã às 10h".'), expect: [call('send_email', { to: 'joao@example.com', subject: 'Reunião', body: 'Amanhã às 10h' })] },
+]
+
+export const AGENT_SYSTEM_PROMPT = DEFAULT_SYSTEM_PROMPT
+// Definitions only: the eval never runs a tool, so the sandbox folder is never read.
+export const AGENT_TOOLS = createDefaultTools({ sandboxDir: '.' }).definitions
+
+export const AGENT_CASES = [
+  // What the chat page is asked most: plain questions and tasks, no tool needed.
+  { id: 'agent-count', kind: 'no-call', messages: user('Count from 1 to 10.'), expect: [] },
+  { id: 'agent-capital', kind: 'no-call', messages: user('What is the capital of France?'), expect: [] },
+  { id: 'agent-hello', kind: 'no-call', messages: user('Hello! What can you do?'), expect: [] },
+  { id: 'agent-haiku', kind: 'no-call', messages: user('Write a haiku about the sea.'), expect: [] },
+  { id: 'agent-explain', kind: 'no-call', messages: user('Explain recursion in one sentence.'), expect: [] },
+  { id: 'agent-code', kind: 'no-call', messages: user('Write a JavaScript function that checks if a number is even.'), expect: [] },
+
+  // Each tool, asked for plainly.
+  { id: 'agent-time-tokyo', kind: 'single', messages: user('What time is it in Asia/Tokyo?'), expect: [call('get_current_time', { timezone: 'Asia/Tokyo' })] },
+  { id: 'agent-time-utc', kind: 'single', messages: user('What is the current date and time in UTC?'), expect: [call('get_current_time', { timezone: 'UTC' })] },
+  { id: 'agent-calc', kind: 'single', messages: user('Use the calculator: what is 1234 * 5678?'), expect: [call('calculate', {})] },
+  { id: 'agent-units-miles', kind: 'single', messages: user('Convert 5 miles to kilometers.'), expect: [call('convert_units', { value: 5, from: 'mi', to: 'km' })] },
+  { id: 'agent-units-temp', kind: 'single', messages: user('Convert 30 degrees celsius to fahrenheit.'), expect: [call('convert_units', { value: 30, from: 'celsius', to: 'fahrenheit' })] },
+  { id: 'agent-list', kind: 'single', messages: user('List the files in the sandbox.'), expect: [call('list_files', {})] },
+  { id: 'agent-read', kind: 'single', messages: user('Read the file notes.md and tell me what it says.'), expect: [call('read_file', { path: 'notes.md' })] },
+
+  // After a tool result: answer in prose.
+  { id: 'agent-answer-time', kind: 'multi-turn', messages: turn('What time is it in Europe/Paris?', 'get_current_time', { timezone: 'Europe/Paris' }, { timezone: 'Europe/Paris', date: '2026-11-28', time: '14:30:05', weekday: 'Saturday' }), expect: [], answerIncludes: '14:30' },
+  { id: 'agent-answer-calc', kind: 'multi-turn', messages: turn('What is 1234 * 5678?', 'calculate', { expression: '1234 * 5678' }, { expression: '1234 * 5678', result: 7006652 }), expect: [], answerIncludes: /7,?006,?652/ },
 ]

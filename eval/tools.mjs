@@ -1,9 +1,13 @@
 // Tool-calling evaluation: every case of tool-cases.mjs on each model, with and without
 // grammar-constrained decoding, scored for exact tool choice, argument match and invalid calls.
+// Two suites: `catalogue` (eight everyday tools, no system prompt) and `agent` (the example
+// server's tools and system prompt).
 //
 //   npm run eval:tools                       # default 0.5B model, and the 1.5B one if fetched
 //   node eval/tools.mjs --model path.gguf     # one model
 //   node eval/tools.mjs --only pt-            # cases whose id starts with a prefix
+//   node eval/tools.mjs --suite agent         # one suite
+//   node eval/tools.mjs --constrained         # grammar-constrained decoding only (the default)
 //
 // A call is invalid when its name is not declared, its arguments are not a JSON object, or they
 // break the tool's schema (checked with Ajv); tool-call markup left in the text counts too.
@@ -12,7 +16,7 @@ import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import Ajv from 'ajv'
 import { loadModel, DEFAULT_MODEL_PATH } from '../index.js'
-import { TOOLS, CASES } from './tool-cases.mjs'
+import { TOOLS, CASES, AGENT_TOOLS, AGENT_CASES, AGENT_SYSTEM_PROMPT } from './tool-cases.mjs'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const arg = (name) => {
@@ -22,12 +26,19 @@ const arg = (name) => {
 const models = arg('--model')
   ? [arg('--model')]
   : [DEFAULT_MODEL_PATH, join(root, 'models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf')].filter((p, i) => i === 0 || existsSync(p))
-const cases = CASES.filter((c) => !arg('--only') || c.id.startsWith(arg('--only')))
+const suites = [
+  { name: 'catalogue', tools: TOOLS, cases: CASES },
+  { name: 'agent', tools: AGENT_TOOLS, cases: AGENT_CASES, system: AGENT_SYSTEM_PROMPT },
+]
+  .filter((s) => !arg('--suite') || s.name === arg('--suite'))
+  .map((s) => ({ ...s, cases: s.cases.filter((c) => !arg('--only') || c.id.startsWith(arg('--only'))) }))
+  .filter((s) => s.cases.length > 0)
+const decodings = process.argv.includes('--constrained') ? [true] : [true, false]
 const threads = Number(arg('--threads') ?? 2)
 const verbose = process.argv.includes('--verbose')
 
 const ajv = new Ajv({ strict: false })
-const validators = new Map(TOOLS.map((t) => [t.function.name, ajv.compile(t.function.parameters)]))
+const validators = new Map([...TOOLS, ...AGENT_TOOLS].map((t) => [t.function.name, ajv.compile(t.function.parameters)]))
 
 const norm = (v) => (typeof v === 'string' ? v.trim().replace(/[.!]$/, '').toLowerCase() : v)
 /** Expected arguments match when every expected key matches (extra optional keys are allowed). */
@@ -63,18 +74,23 @@ function score(c, message) {
     const i = pending.findIndex((x) => x.name === e.name && argsMatch(e.arguments, x.args))
     return i >= 0 && pending.splice(i, 1)
   })
-  const answered = !c.answerIncludes || (message.content ?? '').includes(c.answerIncludes)
+  // An answer in prose: JSON echoed back (the tool result again, or a call written as text)
+  // holds the figures but answers nothing.
+  const content = message.content ?? ''
+  const prose = !/^\s*(```|[{[])/.test(content)
+  const answered = !c.answerIncludes || (prose && (c.answerIncludes instanceof RegExp ? c.answerIncludes.test(content) : content.includes(c.answerIncludes)))
   return { choice, correct: Boolean(args) && answered, calls: calls.length, invalid }
 }
 
 const rows = []
 for (const modelPath of models) {
   const model = await loadModel({ modelPath, threads })
-  for (const constrained of [true, false]) {
+  for (const suite of suites) for (const constrained of decodings) {
     const t0 = performance.now()
     const results = []
-    for (const c of cases) {
-      const res = await model.chat({ messages: c.messages, tools: TOOLS, temperature: 0, max_tokens: 160, constrained })
+    for (const c of suite.cases) {
+      const messages = suite.system ? [{ role: 'system', content: suite.system }, ...c.messages] : c.messages
+      const res = await model.chat({ messages, tools: suite.tools, temperature: 0, max_tokens: 160, constrained })
       const message = res.choices[0].message
       const s = score(c, message)
       results.push({ ...c, ...s })
@@ -90,6 +106,7 @@ for (const modelPath of models) {
     for (const r of results) (byKind[r.kind] ??= []).push(r.correct)
     rows.push({
       model: modelPath.split('/').at(-1).replace(/-q4_k_m\.gguf$/, ''),
+      suite: suite.name,
       decoding: constrained ? 'constrained' : 'free',
       cases: n,
       tool_choice: `${((100 * results.filter((r) => r.choice).length) / n).toFixed(1)}%`,
@@ -102,8 +119,8 @@ for (const modelPath of models) {
   await model.close()
 }
 
-// A Markdown table, ready for a note.
-const columns = Object.keys(rows[0])
+// A Markdown table, ready for a note (kinds a suite lacks are blank).
+const columns = [...new Set(rows.flatMap(Object.keys))].filter((k) => k !== 'seconds').concat('seconds')
 console.log(`| ${columns.join(' | ')} |`)
 console.log(`| ${columns.map(() => '---').join(' | ')} |`)
-for (const r of rows) console.log(`| ${columns.map((k) => r[k]).join(' | ')} |`)
+for (const r of rows) console.log(`| ${columns.map((k) => r[k] ?? '').join(' | ')} |`)

@@ -2,6 +2,7 @@
 //! request asks for structure, and turn the tokens into text and tool-call events. A
 //! [`Generator`] is stepped by the scheduler, which owns the model and runs the forward passes.
 
+use crate::call_guard::CallGuard;
 use crate::detokenize::StreamDecoder;
 use crate::error::{EngineError, Result};
 use crate::event::{Event, FinishReason, Usage};
@@ -26,10 +27,9 @@ pub struct GenerationParams {
     pub stop: Vec<String>,
     pub eos: Vec<u32>,
     pub tools: ToolSettings,
-    /// Calls already made and answered in this turn (see [`crate::tools::answered_calls`]);
-    /// empty where the request does not guard against repeats ([`ToolSettings::guards_repeats`]).
-    pub answered: Vec<(String, Value)>,
-    /// The prompt without the tools, for an answer redone as text after a repeated call.
+    /// The calls an answer may not make (empty where the request does not guard them).
+    pub guard: CallGuard,
+    /// The prompt without the tools, for an answer redone as text after a rejected call.
     pub text_prompt: Option<Vec<u32>>,
 }
 
@@ -37,7 +37,7 @@ pub struct GenerationParams {
 enum Redo {
     /// It opened as a call written as JSON: redo it in Qwen's trained format, under the grammar.
     AsCall,
-    /// It repeated a call that was just answered: redo it as a text answer, on the prompt
+    /// It made a call the [`CallGuard`] rejects: redo it as a text answer, on the prompt
     /// without the tools where the request gives one.
     AsText,
 }
@@ -279,7 +279,7 @@ impl Generator {
             } else if self.out.tokens(tokenizer, &[token])? {
                 return self.finish(FinishReason::Stop);
             }
-            if self.out.repeated {
+            if self.out.rejected {
                 self.redo = Some(Redo::AsText);
                 continue;
             }
@@ -365,10 +365,10 @@ struct Output {
     ids: Vec<String>,
     /// A stop string ended the answer.
     stopped: bool,
-    /// Calls answered earlier in this turn: calls are held until complete, and one that
-    /// repeats them is not emitted but reported in `repeated`.
-    answered: Vec<(String, Value)>,
-    repeated: bool,
+    /// Where the guard may reject calls, they are held until complete, and a rejected one is
+    /// not emitted but reported in `rejected`.
+    guard: CallGuard,
+    rejected: bool,
     /// Something reached `emit` (an answer can no longer start over).
     emitted: bool,
     emit: Box<dyn FnMut(Event) -> bool + Send>,
@@ -381,7 +381,7 @@ impl Output {
         emit: Box<dyn FnMut(Event) -> bool + Send>,
     ) -> Self {
         let settings = &params.tools;
-        let answered = params.answered.clone();
+        let guard = params.guard.clone();
         let known = settings.callable().iter().map(|t| t.name.clone()).collect();
         Self {
             decoder: StreamDecoder::default(),
@@ -389,11 +389,11 @@ impl Output {
             stops: StopMatcher::new(params.stop.clone()),
             parser: settings
                 .may_call()
-                .then(|| ToolCallParser::new(known, checked && answered.is_empty())),
+                .then(|| ToolCallParser::new(known, checked && guard.is_empty())),
             ids: Vec::new(),
             stopped: false,
-            answered,
-            repeated: false,
+            guard,
+            rejected: false,
             emitted: false,
             emit,
         }
@@ -401,7 +401,7 @@ impl Output {
 
     /// From here on calls come from the grammar: stream them as they are generated.
     fn calls_checked(&mut self) {
-        if let Some(p) = self.parser.as_mut().filter(|_| self.answered.is_empty()) {
+        if let Some(p) = self.parser.as_mut().filter(|_| self.guard.is_empty()) {
             p.stream_calls(true);
         }
     }
@@ -411,7 +411,7 @@ impl Output {
         self.decoder = StreamDecoder::default();
         self.stops = StopMatcher::new(self.stop.clone());
         self.parser = None;
-        self.repeated = false;
+        self.rejected = false;
     }
 
     /// Feeds generated tokens; true once a stop string ends the answer.
@@ -443,8 +443,8 @@ impl Output {
     }
 
     fn parsed(&mut self, parsed: Vec<Parsed>) -> Result<()> {
-        if self.repeats_answered_call(&parsed) {
-            self.repeated = true;
+        if self.opens_with_rejected_call(&parsed) {
+            self.rejected = true;
             return Ok(());
         }
         for p in parsed {
@@ -481,9 +481,9 @@ impl Output {
         Ok(self.ids.len())
     }
 
-    /// Whether `parsed` opens the answer with a call identical (same name, same arguments as
-    /// JSON values) to one already answered. Held calls arrive whole: start, then arguments.
-    fn repeats_answered_call(&self, parsed: &[Parsed]) -> bool {
+    /// Whether `parsed` opens the answer with a call the guard rejects. Held calls arrive
+    /// whole: start, then arguments.
+    fn opens_with_rejected_call(&self, parsed: &[Parsed]) -> bool {
         let Some([Parsed::CallStart { name, .. }, Parsed::CallArguments { text, .. }]) =
             parsed.get(..2)
         else {
@@ -492,11 +492,7 @@ impl Output {
         let Ok(arguments) = serde_json::from_str::<Value>(text) else {
             return false;
         };
-        !self.emitted
-            && self
-                .answered
-                .iter()
-                .any(|(n, a)| n == name && *a == arguments)
+        !self.emitted && self.guard.rejects(name, &arguments)
     }
 
     fn send(&mut self, event: Event) -> Result<()> {

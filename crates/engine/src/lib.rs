@@ -7,6 +7,7 @@
 //! -> `event`s -> `response` (OpenAI shapes). `engine` is the callers' side: it validates and
 //! queues requests and hands back their event streams.
 
+pub mod call_guard;
 pub mod config;
 pub mod detokenize;
 pub mod device;

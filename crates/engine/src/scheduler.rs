@@ -4,6 +4,7 @@
 //! first, so a short request is not held behind a long prompt). A request is a [`Generator`]
 //! with its own [`Sequence`]; a cancel, a closed receiver or an error ends that request alone.
 
+use crate::call_guard::CallGuard;
 use crate::error::{panic_text, EngineError, Result};
 use crate::event::Event;
 use crate::generate::{needs_grammar, GenerationParams, Generator, Next, Vocab};
@@ -300,24 +301,20 @@ impl Scheduler {
             self.model.max_positions(),
             self.limits.max_prompt_tokens,
         )?;
-        // Calls already answered matter only where a repeat of one is turned into a text answer;
-        // that answer is redone on the prompt without the tools, which a small model otherwise
-        // keeps reaching for. (A guarded request may call, so its prompt holds the tools.)
-        let (answered, text_prompt) = match crate::tools::answered_calls(&request.messages) {
-            calls if request.tool_settings.guards_repeats() && !calls.is_empty() => {
-                let text_prompt =
-                    render_prompt(&shared.tokenizer, &shared.template, request, None)?;
-                (calls, Some(text_prompt))
-            }
-            _ => (vec![], None),
-        };
+        // A rejected call is redone as text on the prompt without the tools, which a small
+        // model otherwise keeps reaching for. (A guarded request may call, so its prompt holds
+        // the tools.)
+        let guard = CallGuard::new(&request.tool_settings, &request.messages);
+        let text_prompt = (!guard.is_empty())
+            .then(|| render_prompt(&shared.tokenizer, &shared.template, request, None))
+            .transpose()?;
         let params = GenerationParams {
             max_tokens,
             sampling: request.sampling.clone(),
             stop: request.stop.clone(),
             eos: self.eos.clone(),
             tools: request.tool_settings.clone(),
-            answered,
+            guard,
             text_prompt,
         };
         if needs_grammar(&params.tools) && self.grammars.is_none() {

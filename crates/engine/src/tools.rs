@@ -9,6 +9,7 @@ use std::collections::HashSet;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolSpec {
     pub name: String,
+    pub description: Option<String>,
     pub parameters: Value,
 }
 
@@ -64,9 +65,9 @@ impl ToolSettings {
         !self.tools.is_empty() && self.choice != ToolChoice::None
     }
 
-    /// Whether a call repeating one already answered is turned into a text answer: right after
-    /// tool results, a small model may call the same tool again instead of answering.
-    pub fn guards_repeats(&self) -> bool {
+    /// Whether calls a small model makes instead of answering are turned into a text answer
+    /// (see [`crate::call_guard`]): where it chooses whether to call, under the grammar.
+    pub fn guards_calls(&self) -> bool {
         self.constrained && self.choice == ToolChoice::Auto && !self.tools.is_empty()
     }
 
@@ -100,28 +101,6 @@ impl ToolSettings {
             constrained,
         })
     }
-}
-
-/// The calls made since the user last spoke, when the conversation ends with their results:
-/// (name, arguments). A call that repeats one of these is the loop small models fall into.
-pub fn answered_calls(messages: &[Value]) -> Vec<(String, Value)> {
-    if messages.last().and_then(|m| m.get("role")) != Some(&Value::from("tool")) {
-        return vec![];
-    }
-    messages
-        .iter()
-        .rev()
-        .take_while(|m| m.get("role").and_then(Value::as_str) != Some("user"))
-        .filter_map(|m| m.get("tool_calls").and_then(Value::as_array))
-        .flatten()
-        .filter_map(|c| {
-            let f = c.get("function")?;
-            Some((
-                f.get("name")?.as_str()?.to_string(),
-                f.get("arguments")?.clone(),
-            ))
-        })
-        .collect()
 }
 
 fn flag(body: &serde_json::Map<String, Value>, name: &str, default: bool) -> Result<bool> {
@@ -175,16 +154,24 @@ fn parse_tools(tools: Option<&Value>) -> Result<Vec<ToolSpec>> {
                     "tools[{i}].function.name \"{name}\" is declared twice; tool names must be unique"
                 ));
             }
-            if let Some(d) = f.get("description").filter(|d| !d.is_null() && !d.is_string()) {
-                return invalid(format!(
-                    "tools[{i}].function.description must be a string, got {d}"
-                ));
-            }
+            let description = match f.get("description") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(d)) => Some(d.clone()),
+                Some(d) => {
+                    return invalid(format!(
+                        "tools[{i}].function.description must be a string, got {d}"
+                    ))
+                }
+            };
             let parameters = match f.get("parameters") {
                 None | Some(Value::Null) => json!({"type": "object", "properties": {}}),
                 Some(p) => check_parameters(&format!("tools[{i}].function.parameters"), p)?,
             };
-            Ok(ToolSpec { name, parameters })
+            Ok(ToolSpec {
+                name,
+                description,
+                parameters,
+            })
         })
         .collect()
 }
@@ -334,32 +321,6 @@ mod tests {
         assert!(error_of(json!({"tools": tools, "tool_choice": "always"})).contains("tool_choice"));
         let none = settings(json!({"tools": tools, "tool_choice": "none"})).unwrap();
         assert!(!none.may_call());
-    }
-
-    #[test]
-    fn answered_calls_are_those_since_the_last_user_message() {
-        let call = |n: &str, a: Value| json!({"type": "function", "function": {"name": n, "arguments": a}});
-        let mut messages = vec![
-            json!({"role": "user", "content": "old"}),
-            json!({"role": "assistant", "content": null, "tool_calls": [call("old", json!({}))]}),
-            json!({"role": "tool", "content": "1"}),
-            json!({"role": "user", "content": "new"}),
-            json!({"role": "assistant", "content": null, "tool_calls": [call("a", json!({"x": 1})), call("b", json!({}))]}),
-            json!({"role": "tool", "content": "2"}),
-            json!({"role": "tool", "content": "3"}),
-        ];
-        assert_eq!(
-            answered_calls(&messages),
-            vec![
-                ("a".to_string(), json!({"x": 1})),
-                ("b".to_string(), json!({}))
-            ]
-        );
-        messages.push(json!({"role": "assistant", "content": "done"}));
-        assert!(
-            answered_calls(&messages).is_empty(),
-            "only right after tool results"
-        );
     }
 
     #[test]

@@ -123,6 +123,26 @@ fn a_call_repeated_after_its_result_becomes_a_text_answer() {
     }
 }
 
+#[test]
+fn a_question_no_tool_fits_gets_text_not_a_call_filled_from_the_schema_example() {
+    // Left alone, the 0.5B model answers with get_weather({"location": "London", ...}), London
+    // coming from the tool's description.
+    let (m, reason) = answer(json!({
+        "messages": [{"role": "user", "content": "What is 12 times 12?"}],
+        "tools": [weather_tool()], "temperature": 0, "max_tokens": 40,
+    }));
+    assert!(m.tool_calls.is_empty(), "{m:?}");
+    assert_eq!(reason, FinishReason::Stop, "{m:?}");
+    assert!(m.content.contains("144"), "{m:?}");
+    // Asked about London, the same call is a real one.
+    let (m, reason) = answer(json!({
+        "messages": [{"role": "user", "content": "What's the weather in London in celsius?"}],
+        "tools": [weather_tool()], "temperature": 0, "max_tokens": 60,
+    }));
+    assert_eq!(reason, FinishReason::ToolCalls, "{m:?}");
+    assert_eq!(m.tool_calls[0].name, "get_weather");
+}
+
 // ---- the grammar, on the real vocabulary ----
 
 fn required_settings(tools: Value) -> ToolSettings {
