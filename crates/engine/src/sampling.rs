@@ -127,7 +127,7 @@ impl Sampler {
         let max = cand[0].1;
         let mut total = 0.0f32;
         for c in cand.iter_mut() {
-            c.1 = ((c.1 - max) / p.temperature).exp();
+            c.1 = crate::kernels::math::exp((c.1 - max) / p.temperature);
             total += c.1;
         }
         if p.top_p < 1.0 {

@@ -60,11 +60,9 @@ pub fn causal_attention(q: &[f32], k: Strided<'_>, v: Strided<'_>, shape: Shape)
             scores.clear();
             scores.extend((0..visible).map(|j| dot(query, k.row(kv, j, dim)) * scale));
             let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-            let mut total = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                total += *s;
-            }
+            // The exponentials first (a loop that vectorizes), then their sum in order.
+            super::math::exp_shifted(&mut scores, max);
+            let total = scores.iter().fold(0f32, |t, &s| t + s);
             acc.fill(0.0);
             for (j, &p) in scores.iter().enumerate() {
                 for (a, &x) in acc.iter_mut().zip(v.row(kv, j, dim)) {

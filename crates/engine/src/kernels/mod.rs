@@ -3,6 +3,7 @@
 //! causal attention. Every level computes the same bits (see [`matmul`]).
 
 pub mod attention;
+pub mod math;
 pub mod matmul;
 pub mod packed;
 pub mod q8_0;

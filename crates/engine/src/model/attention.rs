@@ -28,17 +28,11 @@ impl Rotary {
         dev: &Device,
     ) -> Result<Self> {
         let half = cfg.head_dim / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f32 / cfg.head_dim as f32))
-            .collect();
-        let inv_freq = Tensor::from_vec(inv_freq, (1, half), dev)?;
-        let positions = Tensor::arange(0u32, max_positions as u32, dev)?
-            .to_dtype(DType::F32)?
-            .reshape((max_positions, 1))?;
-        let freqs = positions.broadcast_mul(&inv_freq)?;
+        // The same table bits on every platform (see kernels::math).
+        let (cos, sin) = kernels::math::rope_table(cfg.rope_theta, cfg.head_dim, max_positions);
         Ok(Self {
-            cos: freqs.cos()?.to_dtype(dtype)?,
-            sin: freqs.sin()?.to_dtype(dtype)?,
+            cos: Tensor::from_vec(cos, (max_positions, half), dev)?.to_dtype(dtype)?,
+            sin: Tensor::from_vec(sin, (max_positions, half), dev)?.to_dtype(dtype)?,
         })
     }
 

@@ -7,7 +7,7 @@ use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
 use crate::loader::{LayerWeight, WeightName, WeightSource};
 use crate::matrix::{Embedding, Matrix};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Storage, Tensor};
 
 pub(super) struct Linear {
     weight: Matrix,
@@ -58,9 +58,32 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate.forward(x)?)?;
-        self.down.forward(&(gate * self.up.forward(x)?)?)
+        let (gate, up) = (self.gate.forward(x)?, self.up.forward(x)?);
+        let hidden = if gate.device().is_cpu() && gate.dtype() == DType::F32 {
+            swiglu_on_cpu(&gate, &up)?
+        } else {
+            (candle_nn::ops::silu(&gate)? * up)?
+        };
+        self.down.forward(&hidden)
     }
+}
+
+/// silu(gate) · up with our exp, not libm's: the same bits on every platform (kernels::math).
+fn swiglu_on_cpu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
+    let (gate, up) = (gate.contiguous()?, up.contiguous()?);
+    let (g_storage, g_layout) = gate.storage_and_layout();
+    let (u_storage, u_layout) = up.storage_and_layout();
+    let (Storage::Cpu(g), Storage::Cpu(u)) = (&*g_storage, &*u_storage) else {
+        candle_core::bail!("CPU SwiGLU on a tensor off the CPU");
+    };
+    let n = gate.elem_count();
+    let g = &g.as_slice::<f32>()?[g_layout.start_offset()..][..n];
+    let u = &u.as_slice::<f32>()?[u_layout.start_offset()..][..n];
+    Tensor::from_vec(
+        crate::kernels::math::silu_mul(g, u),
+        gate.shape(),
+        &Device::Cpu,
+    )
 }
 
 struct Block {
