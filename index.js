@@ -4,19 +4,19 @@
 
 const fs = require('node:fs')
 const path = require('node:path')
-const { prebuiltPackage } = require('./scripts/platform.js')
+const { candidatePackages } = require('./scripts/platform.js')
 
 /**
  * The native addon: built from source in this folder (`npm install` or `npm run build:cuda` in a
- * checkout, or a git dependency), else a prebuilt package for this platform: the CUDA one
- * (qwen-native-<os>-<cpu>[-<libc>]-cuda) when installed, which also runs on the CPU, else the
- * CPU one (qwen-native-<os>-<cpu>[-<libc>]).
+ * checkout, or a git dependency), else a prebuilt package for this platform. On Linux: the CUDA
+ * one (qwen-native-linux-x64-gnu-cuda) when installed, which also runs on the CPU, else the CPU
+ * one (qwen-native-linux-x64-gnu). On Windows: qwen-native-win32-x64-msvc, else the MinGW build
+ * qwen-native-win32-x64-gnu.
  */
 function loadAddon() {
   const local = path.join(__dirname, 'qwen-native.node')
   if (fs.existsSync(local)) return require(local)
-  const cpu = prebuiltPackage()
-  const candidates = [prebuiltPackage({ cuda: true }).name, cpu.name]
+  const candidates = candidatePackages().map((p) => p.name)
   for (const name of candidates) {
     try {
       return require(name)
@@ -25,8 +25,8 @@ function loadAddon() {
     }
   }
   const err = new Error(
-    `qwen-native: no native addon for ${cpu.name.slice('qwen-native-'.length)}. Install the prebuilt package ` +
-      `${cpu.name} (or ${candidates[0]} for NVIDIA GPUs) beside qwen-native, or build it from source ` +
+    `qwen-native: no native addon for ${process.platform}-${process.arch}. Install one of the prebuilt packages ` +
+      `${candidates.join(', ')} beside qwen-native, or build it from source ` +
       `(needs Rust from https://rustup.rs): node ${path.join(__dirname, 'scripts', 'build.mjs')}`,
   )
   err.code = 'ERR_ADDON_NOT_FOUND'

@@ -143,3 +143,19 @@ test('a tool that throws or hangs becomes an error result; registration checks d
   assert.throws(() => registry.register({ ...tool, parameters: { type: 'string' } }), /type "object"/)
   assert.throws(() => registry.register({ ...tool, parameters: { type: 'object', properties: { a: { type: 'nonsense' } } } }))
 })
+
+test('sandbox paths are checked with Windows rules too: backslashes, drive letters, UNC and device paths', async () => {
+  const { sandboxTarget } = await import('../server/tools/files.mjs')
+  const sandbox = 'C:\\app\\sandbox'
+  assert.equal(sandboxTarget(sandbox, 'docs\\hello.txt', path.win32), 'C:\\app\\sandbox\\docs\\hello.txt')
+  assert.equal(sandboxTarget(sandbox, 'docs/../notes.md', path.win32), 'C:\\app\\sandbox\\notes.md')
+  for (const escape of ['..\\secret.txt', 'docs\\..\\..\\secret.txt', '..', 'docs/../../x']) {
+    assert.throws(() => sandboxTarget(sandbox, escape, path.win32), /outside the sandbox/, escape)
+  }
+  for (const absolute of ['C:\\Windows\\win.ini', 'c:/Windows/win.ini', 'D:secret.txt', '\\Windows\\win.ini', '/etc/passwd', '\\\\server\\share\\x', '\\\\.\\C:\\x', '\\\\?\\C:\\x']) {
+    assert.throws(() => sandboxTarget(sandbox, absolute, path.win32), /is absolute/, absolute)
+  }
+  assert.throws(() => sandboxTarget(sandbox, 'a\0b', path.win32), /NUL/)
+  // The POSIX rules, for comparison: a backslash is part of a name there, not a separator.
+  assert.equal(sandboxTarget('/app/sandbox', '..\\x', path.posix), '/app/sandbox/..\\x')
+})

@@ -38,24 +38,7 @@ export function streamedToolCalls(chunks) {
   return StreamedMessage.from(chunks).toolCalls
 }
 
-/** The get_weather tool of the function-calling tests. */
-export const WEATHER_TOOL = {
-  type: 'function',
-  function: {
-    name: 'get_weather',
-    description: 'Get the current weather in a city',
-    parameters: {
-      type: 'object',
-      properties: {
-        location: { type: 'string', description: 'City name in English, e.g. London' },
-        unit: { type: 'string', enum: ['celsius', 'fahrenheit'] },
-      },
-      required: ['location', 'unit'],
-    },
-  },
-}
-
-export const LISBON = [{ role: 'user', content: "What's the weather in Lisbon in celsius?" }]
+export { WEATHER_TOOL, LISBON } from './fixtures.mjs'
 
 /**
  * Starts the example server (`server/index.mjs`) on an ephemeral port with the real default model,

@@ -9,6 +9,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { pack } from '../scripts/pack.mjs'
+import { runNpm } from '../scripts/npm.mjs'
 import { DEFAULT_MODEL_PATH } from '../index.js'
 
 const dir = mkdtempSync(path.join(tmpdir(), 'qwen-native-install-'))
@@ -48,7 +49,8 @@ test('a fresh Express app installs the packed packages with no install scripts a
   mkdirSync(appDir)
   writeFileSync(path.join(appDir, 'package.json'), JSON.stringify({ name: 'fresh-app', private: true, type: 'module' }))
   // --strict-allow-scripts: any dependency install script not approved would fail the install.
-  execFileSync('npm', ['install', '--strict-allow-scripts', '--prefer-offline', '--no-audit', '--no-fund', tarballs.main, tarballs.prebuilt, 'express@5.3.0'], { cwd: appDir, stdio: 'pipe' })
+  const install = runNpm(['install', '--strict-allow-scripts', '--prefer-offline', '--no-audit', '--no-fund', tarballs.main, tarballs.prebuilt, 'express@5.3.0'], { cwd: appDir, encoding: 'utf8' })
+  assert.equal(install.status, 0, install.stderr)
   writeFileSync(path.join(appDir, 'app.mjs'), app(prebuilt.name))
   const out = execFileSync(process.execPath, ['app.mjs'], { cwd: appDir, env: { ...process.env, MODEL_PATH: DEFAULT_MODEL_PATH }, encoding: 'utf8' })
   const result = JSON.parse(out.trim().split('\n').at(-1))

@@ -12,7 +12,7 @@
 // A call is invalid when its name is not declared, its arguments are not a JSON object, or they
 // break the tool's schema (checked with Ajv); tool-call markup left in the text counts too.
 import { existsSync } from 'node:fs'
-import { dirname, join } from 'node:path'
+import { basename, dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import Ajv from 'ajv'
 import { loadModel, DEFAULT_MODEL_PATH } from '../index.js'
@@ -105,7 +105,7 @@ for (const modelPath of models) {
     const byKind = {}
     for (const r of results) (byKind[r.kind] ??= []).push(r.correct)
     rows.push({
-      model: modelPath.split('/').at(-1).replace(/-q4_k_m\.gguf$/, ''),
+      model: basename(modelPath).replace(/-q4_k_m\.gguf$/, ''),
       suite: suite.name,
       decoding: constrained ? 'constrained' : 'free',
       cases: n,

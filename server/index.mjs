@@ -3,7 +3,8 @@
 //   MODEL_PATH=... PORT=... SANDBOX_DIR=... HEARTBEAT_MS=... npm start
 //   MAX_PROMPT_TOKENS=... REQUEST_TIMEOUT_MS=... SHUTDOWN_GRACE_MS=... npm start
 // It loads the model once, mounts the agent routes (agentRoutes.mjs) with the example tools
-// (agentTools.mjs), and serves the chat page in public/. On SIGTERM or SIGINT it stops accepting,
+// (agentTools.mjs), and serves the chat page in public/. On SIGTERM or SIGINT (on Windows, which
+// sends no SIGTERM: Ctrl+C, or SIGBREAK from Ctrl+Break or a console close) it stops accepting,
 // lets running answers finish for SHUTDOWN_GRACE_MS (default 10000), ends the rest with an error
 // event, and exits.
 import express from 'express'
@@ -65,3 +66,4 @@ async function shutdown(signal) {
 // A second signal ends the process at once (the handlers are removed after the first).
 process.once('SIGINT', shutdown)
 process.once('SIGTERM', shutdown)
+if (process.platform === 'win32') process.once('SIGBREAK', shutdown)

@@ -17,10 +17,7 @@ export function fileTools({ root, maxBytes = 256 * 1024 }) {
     sandbox ??= await realpath(root).catch(() => {
       throw new Error('the sandbox folder does not exist')
     })
-    if (relative.includes('\0')) throw new Error('the path contains a NUL character')
-    if (path.isAbsolute(relative) || /^[A-Za-z]:/.test(relative)) throw new Error(`refused: "${relative}" is absolute; paths are relative to the sandbox`)
-    const target = path.resolve(sandbox, relative)
-    if (!isInside(sandbox, target)) throw new Error(`refused: "${relative}" is outside the sandbox`)
+    const target = sandboxTarget(sandbox, relative)
     let real
     try {
       real = await realpath(target)
@@ -28,7 +25,7 @@ export function fileTools({ root, maxBytes = 256 * 1024 }) {
       if (err.code === 'ENOENT') throw new Error(`"${relative}" does not exist`)
       throw new Error(`cannot open "${relative}" (${err.code ?? err.message})`)
     }
-    if (!isInside(sandbox, real)) throw new Error(`refused: "${relative}" is a link to outside the sandbox`)
+    if (!isInside(sandbox, real, path)) throw new Error(`refused: "${relative}" is a link to outside the sandbox`)
     return real
   }
 
@@ -79,8 +76,9 @@ export function fileTools({ root, maxBytes = 256 * 1024 }) {
         if (!checked.isFile()) throw new Error(`"${relative}" is not a regular file`)
         refuseSize(checked)
         // Anything swapped in after the check is refused: a link by O_NOFOLLOW, a FIFO by
-        // O_NONBLOCK (it opens at once) and the identity check below.
-        const file = await open(real, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK).catch((err) => {
+        // O_NONBLOCK (it opens at once) and the identity check below. Windows has neither flag:
+        // there the identity check does it (opening a link opens its target, another file id).
+        const file = await open(real, constants.O_RDONLY | (constants.O_NOFOLLOW ?? 0) | (constants.O_NONBLOCK ?? 0)).catch((err) => {
           throw new Error(`cannot open "${relative}" (${err.code})`)
         })
         try {
@@ -100,7 +98,21 @@ export function fileTools({ root, maxBytes = 256 * 1024 }) {
   ]
 }
 
-function isInside(root, target) {
-  const rel = path.relative(root, target)
-  return rel === '' || (rel !== '..' && !rel.startsWith(`..${path.sep}`) && !path.isAbsolute(rel))
+/**
+ * Where `relative` points inside `sandbox` (an absolute, real path), or an Error saying why it may
+ * not be used, before any file is touched. `paths` is node:path's flavour (path.win32 in tests):
+ * on Windows `\\` separates too, and drive letters (`C:x`), UNC (`\\server\share`) and device
+ * paths (`\\.\`, `\\?\`) are absolute.
+ */
+export function sandboxTarget(sandbox, relative, paths = path) {
+  if (relative.includes('\0')) throw new Error('the path contains a NUL character')
+  if (paths.isAbsolute(relative) || /^[A-Za-z]:/.test(relative)) throw new Error(`refused: "${relative}" is absolute; paths are relative to the sandbox`)
+  const target = paths.resolve(sandbox, relative)
+  if (!isInside(sandbox, target, paths)) throw new Error(`refused: "${relative}" is outside the sandbox`)
+  return target
+}
+
+function isInside(root, target, paths) {
+  const rel = paths.relative(root, target)
+  return rel === '' || (rel !== '..' && !rel.startsWith(`..${paths.sep}`) && !paths.isAbsolute(rel))
 }
