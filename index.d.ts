@@ -190,7 +190,8 @@ export interface ChatCompletion {
 
 /**
  * A piece of a streamed tool call: the first piece of call `index` has its `id`, `type` and
- * `function.name` (arguments ""); later pieces add to `function.arguments`.
+ * `function.name` (arguments ""); later pieces add to `function.arguments`. A `tool_choice: 'auto'`
+ * call the call guard may still withdraw (README, Function calling) arrives whole, in one more piece.
  */
 export interface ToolCallDelta {
   index: number

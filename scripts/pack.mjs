@@ -38,7 +38,7 @@ function buildInfo(file) {
  */
 export function pack(outDir = path.join(root, 'dist'), { allowNative = false, target: triple } = {}) {
   const addon = path.join(root, triple ? `qwen-native.${triple}.node` : ADDON)
-  const how = triple ? `npm run build:${triple.startsWith('win32') ? 'win' : '...'}` : '`npm install` (it builds the addon)'
+  const how = !triple ? '`npm install` (it builds the addon)' : triple === 'win32-x64-gnu' ? '`npm run build:win`' : `a build for ${triple}`
   if (!existsSync(addon)) throw new Error(`${addon} is missing: run ${how} first`)
   const build = buildInfo(path.join(root, triple ? `qwen-native.${triple}.build.json` : BUILD_INFO))
   if (build.targetCpu === 'native' && !allowNative) {
