@@ -39,9 +39,11 @@ impl CallGuard {
         if !settings.guards_calls() {
             return Self::default();
         }
-        let conversation = serde_json::to_string(messages)
-            .unwrap_or_default()
-            .to_lowercase();
+        let mut conversation = String::new();
+        messages
+            .iter()
+            .for_each(|m| collect_strings(m, &mut conversation));
+        let conversation = conversation.to_lowercase();
         let placeholders = settings
             .callable()
             .into_iter()
@@ -107,6 +109,23 @@ pub fn answered_calls(messages: &[Value]) -> Vec<(String, Value)> {
             ))
         })
         .collect()
+}
+
+/// Every string in `value` (keys and values, unescaped), one per line.
+fn collect_strings(value: &Value, out: &mut String) {
+    match value {
+        Value::String(s) => {
+            out.push_str(s);
+            out.push('\n');
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_strings(v, out)),
+        Value::Object(map) => map.iter().for_each(|(k, v)| {
+            out.push_str(k);
+            out.push('\n');
+            collect_strings(v, out);
+        }),
+        _ => {}
+    }
 }
 
 /// Whether a string anywhere in `value` equals one of `examples` (which are lowercase).
@@ -304,6 +323,7 @@ mod tests {
         assert!(!g.rejects("other", &json!({"location": "London"})));
         // Mentioned by the user: a real request.
         let g = guard(json!([{"role": "user", "content": "Weather in London?"}]));
+        assert!(!g.rejects("get_weather", &json!({"location": "London"})));
         assert!(!g.rejects(
             "get_weather",
             &json!({"location": "London", "unit": "celsius"})
@@ -314,6 +334,22 @@ mod tests {
             "get_weather",
             &json!({"location": "Lisbon", "unit": "celsius"})
         ));
+    }
+
+    #[test]
+    fn the_conversation_is_compared_as_written_not_json_escaped() {
+        let body = json!({"tools": [{"type": "function", "function": {
+            "name": "read_file",
+            "parameters": {"type": "object", "properties": {
+                "path": {"type": "string", "description": "A file, e.g. C:\\data\\notes.txt"}
+            }}
+        }}]});
+        let settings = ToolSettings::from_body(body.as_object().unwrap()).unwrap();
+        let args = json!({"path": "C:\\data\\notes.txt"});
+        let asked = [json!({"role": "user", "content": "Read C:\\data\\notes.txt"})];
+        assert!(!CallGuard::new(&settings, &asked).rejects("read_file", &args));
+        let unasked = [json!({"role": "user", "content": "Read my notes"})];
+        assert!(CallGuard::new(&settings, &unasked).rejects("read_file", &args));
     }
 
     #[test]
