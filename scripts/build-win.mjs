@@ -11,6 +11,7 @@ import { spawnSync } from 'node:child_process'
 import { copyFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { aptInstall } from './apt.mjs'
 import { cargo, root } from './build.mjs'
 
 export const WIN_TARGET = 'x86_64-pc-windows-gnu'
@@ -25,14 +26,6 @@ function has(cmd, args = ['--version']) {
 function run(cmd, args, env = process.env) {
   console.log(`[build-win] ${cmd} ${args.join(' ')}`)
   return spawnSync(cmd, args, { stdio: 'inherit', env }).status === 0
-}
-
-/** apt-get install `pkgs` where that is possible (Debian/Ubuntu, root); false otherwise. */
-export function aptInstall(pkgs) {
-  if (process.platform !== 'linux' || process.getuid?.() !== 0 || !existsSync('/usr/bin/apt-get')) return false
-  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }
-  const install = ['install', '-y', '-q', '--no-install-recommends', ...pkgs]
-  return run('apt-get', install, env) || (run('apt-get', ['update', '-q'], env) && run('apt-get', install, env))
 }
 
 function fail(message) {

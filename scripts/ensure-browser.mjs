@@ -3,7 +3,7 @@
 // Edge at its usual place (Linux, Windows, macOS); on a Debian/Ubuntu machine where we are root
 // (as in CI), Debian's chromium is installed with apt-get when none is found.
 // Set QWEN_NATIVE_SKIP_BROWSER=1 to skip the browser test instead (it then reports itself skipped).
-import { spawnSync } from 'node:child_process'
+import { aptInstall } from './apt.mjs'
 import { existsSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 
@@ -19,15 +19,8 @@ const KNOWN = {
 
 export const CHROMIUM = process.env.CHROMIUM_PATH ?? KNOWN.find((p) => existsSync(p)) ?? KNOWN[0] ?? '/usr/bin/chromium'
 
-function run(cmd, args) {
-  console.log(`[ensure-browser] ${cmd} ${args.join(' ')}`)
-  return spawnSync(cmd, args, { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } }).status === 0
-}
-
 if (process.argv[1] === fileURLToPath(import.meta.url) && process.env.QWEN_NATIVE_SKIP_BROWSER !== '1' && !existsSync(CHROMIUM)) {
-  const canApt = process.platform === 'linux' && process.getuid?.() === 0 && existsSync('/usr/bin/apt-get')
-  const install = ['install', '-y', '--no-install-recommends', 'chromium']
-  if (!canApt || !(run('apt-get', install) || (run('apt-get', ['update']) && run('apt-get', install)))) {
+  if (!aptInstall(['chromium'])) {
     console.error(
       `[ensure-browser] no Chromium at ${CHROMIUM}. Install Chromium, Chrome or Edge (Debian/Ubuntu: apt-get install chromium), ` +
         'point CHROMIUM_PATH at a Chromium or Chrome binary, or set QWEN_NATIVE_SKIP_BROWSER=1 to skip the browser test.',

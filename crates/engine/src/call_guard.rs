@@ -39,22 +39,22 @@ impl CallGuard {
         if !settings.guards_calls() {
             return Self::default();
         }
+        // Every string of the messages, keys too, as written (not JSON-escaped).
         let mut conversation = String::new();
-        messages
-            .iter()
-            .for_each(|m| collect_strings(m, &mut conversation));
-        let conversation = conversation.to_lowercase();
+        for m in messages {
+            for_each_string(m, true, &mut |s| {
+                conversation.push_str(&s.to_lowercase());
+                conversation.push('\n');
+            });
+        }
         let placeholders = settings
             .callable()
             .into_iter()
             .filter_map(|tool| {
-                let mut examples = Vec::new();
+                let (mut examples, choices) = schema_examples(&tool.parameters);
                 if let Some(d) = &tool.description {
                     examples.extend(examples_in(d));
                 }
-                collect_schema_examples(&tool.parameters, &mut examples);
-                let mut choices = Vec::new();
-                collect_enum_strings(&tool.parameters, &mut choices);
                 examples.retain(|e| {
                     e.chars().count() >= 2
                         && !choices.contains(e)
@@ -85,7 +85,13 @@ impl CallGuard {
                 .placeholders
                 .iter()
                 .filter(|(tool, _)| tool == name)
-                .any(|(_, examples)| has_string_in(arguments, examples))
+                .any(|(_, examples)| {
+                    let mut found = false;
+                    for_each_string(arguments, false, &mut |s| {
+                        found |= examples.contains(&s.trim().to_lowercase())
+                    });
+                    found
+                })
     }
 }
 
@@ -111,82 +117,50 @@ pub fn answered_calls(messages: &[Value]) -> Vec<(String, Value)> {
         .collect()
 }
 
-/// Every string in `value` (keys and values, unescaped), one per line.
-fn collect_strings(value: &Value, out: &mut String) {
+/// Calls `f` on every string in `value`, and on object keys too `with_keys`.
+fn for_each_string(value: &Value, with_keys: bool, f: &mut impl FnMut(&str)) {
     match value {
-        Value::String(s) => {
-            out.push_str(s);
-            out.push('\n');
-        }
-        Value::Array(items) => items.iter().for_each(|v| collect_strings(v, out)),
+        Value::String(s) => f(s),
+        Value::Array(items) => items.iter().for_each(|v| for_each_string(v, with_keys, f)),
         Value::Object(map) => map.iter().for_each(|(k, v)| {
-            out.push_str(k);
-            out.push('\n');
-            collect_strings(v, out);
+            if with_keys {
+                f(k);
+            }
+            for_each_string(v, with_keys, f)
         }),
         _ => {}
     }
 }
 
-/// Whether a string anywhere in `value` equals one of `examples` (which are lowercase).
-fn has_string_in(value: &Value, examples: &[String]) -> bool {
-    match value {
-        Value::String(s) => {
-            let s = s.trim().to_lowercase();
-            examples.contains(&s)
+/// A parameters schema's example strings (its `examples` arrays and what its descriptions give
+/// as examples) and the strings its `enum`s and `const`s offer, all lowercase. An offered value
+/// is a choice, even when a description also gives it as an example.
+fn schema_examples(parameters: &Value) -> (Vec<String>, Vec<String>) {
+    let (mut examples, mut choices) = (Vec::new(), Vec::new());
+    let strings = |v: &Value| -> Vec<String> {
+        match v {
+            Value::Array(items) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_lowercase)
+                .collect(),
+            Value::String(s) => vec![s.to_lowercase()],
+            _ => vec![],
         }
-        Value::Array(items) => items.iter().any(|v| has_string_in(v, examples)),
-        Value::Object(map) => map.values().any(|v| has_string_in(v, examples)),
-        _ => false,
-    }
-}
-
-/// Example strings of a schema and every schema in it: `examples` arrays, and the examples its
-/// descriptions give.
-fn collect_schema_examples(schema: &Value, out: &mut Vec<String>) {
-    match schema {
-        Value::Object(map) => {
-            for (key, child) in map {
-                match (key.as_str(), child) {
-                    ("description", Value::String(d)) => out.extend(examples_in(d)),
-                    ("examples", Value::Array(items)) => out.extend(
-                        items
-                            .iter()
-                            .filter_map(Value::as_str)
-                            .map(|s| s.trim().to_lowercase()),
-                    ),
-                    // Data, not schemas: an enum's values are choices the model is offered.
-                    ("enum" | "const" | "default", _) => {}
-                    _ => collect_schema_examples(child, out),
-                }
-            }
+    };
+    // The grammar's walker: it tells schemas from data and from properties named like keywords.
+    crate::grammar::visit_schemas(&mut parameters.clone(), &mut |schema| {
+        if let Some(Value::String(d)) = schema.get("description") {
+            examples.extend(examples_in(d));
         }
-        Value::Array(items) => items.iter().for_each(|c| collect_schema_examples(c, out)),
-        _ => {}
-    }
-}
-
-/// The strings (lowercase) that `enum`s and `const`s anywhere in a schema offer: picking one of
-/// them is a choice, even when a description also gives it as an example.
-fn collect_enum_strings(schema: &Value, out: &mut Vec<String>) {
-    match schema {
-        Value::Object(map) => {
-            for (key, child) in map {
-                match (key.as_str(), child) {
-                    ("enum", Value::Array(items)) => out.extend(
-                        items
-                            .iter()
-                            .filter_map(Value::as_str)
-                            .map(str::to_lowercase),
-                    ),
-                    ("const", Value::String(s)) => out.push(s.to_lowercase()),
-                    _ => collect_enum_strings(child, out),
-                }
-            }
+        if let Some(e @ Value::Array(_)) = schema.get("examples") {
+            examples.extend(strings(e).iter().map(|s| s.trim().to_string()));
         }
-        Value::Array(items) => items.iter().for_each(|c| collect_enum_strings(c, out)),
-        _ => {}
-    }
+        for key in ["enum", "const"] {
+            choices.extend(schema.get(key).map(strings).unwrap_or_default());
+        }
+    });
+    (examples, choices)
 }
 
 /// The examples a description gives after "e.g." (or "for example", "such as"), up to the end
@@ -350,6 +324,17 @@ mod tests {
         assert!(!CallGuard::new(&settings, &asked).rejects("read_file", &args));
         let unasked = [json!({"role": "user", "content": "Read my notes"})];
         assert!(CallGuard::new(&settings, &unasked).rejects("read_file", &args));
+    }
+
+    #[test]
+    fn properties_named_like_keywords_are_schemas_not_data() {
+        let (examples, choices) = schema_examples(&json!({"type": "object", "properties": {
+            "enum": {"type": "string", "description": "e.g. alpha"},
+            "default": {"type": "string", "examples": ["Beta"]},
+            "mode": {"type": "string", "enum": ["Fast", "slow"], "default": "e.g. not_me"}
+        }}));
+        assert_eq!(examples, ["alpha", "beta"]);
+        assert_eq!(choices, ["fast", "slow"]);
     }
 
     #[test]

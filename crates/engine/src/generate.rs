@@ -114,12 +114,14 @@ impl Generator {
     pub fn new(
         vocab: Vocab<'_>,
         prompt: Vec<u32>,
-        params: GenerationParams,
+        mut params: GenerationParams,
         emit: Box<dyn FnMut(Event) -> bool + Send>,
     ) -> Result<Self> {
         if prompt.is_empty() {
             return Err(EngineError::invalid("the prompt is empty"));
         }
+        // The guard is the output's to apply; the other parameters stay with the generator.
+        let guard = std::mem::take(&mut params.guard);
         let settings = &params.tools;
         let constraint = grammar::answer_grammar(settings)
             .map(|lark| vocab.constraint(&lark))
@@ -135,7 +137,7 @@ impl Generator {
         };
         Ok(Self {
             sampler: Sampler::new(params.sampling.clone()),
-            out: Output::new(&params, constraint.is_some(), emit),
+            out: Output::new(&params, guard, constraint.is_some(), emit),
             tool_open: tokenizer.added_token_id(tool_parser::OPEN),
             constraint,
             call_grammar,
@@ -377,11 +379,11 @@ struct Output {
 impl Output {
     fn new(
         params: &GenerationParams,
+        guard: CallGuard,
         checked: bool,
         emit: Box<dyn FnMut(Event) -> bool + Send>,
     ) -> Self {
         let settings = &params.tools;
-        let guard = params.guard.clone();
         let known = settings.callable().iter().map(|t| t.name.clone()).collect();
         Self {
             decoder: StreamDecoder::default(),

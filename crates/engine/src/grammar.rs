@@ -66,7 +66,10 @@ fn rebase_refs(schema: &mut Value, base: &str) {
 
 /// Calls `f` on `schema` and on every schema nested in it, skipping keywords whose values are
 /// data (`enum`, `const`, `default`, `examples`) but not properties that happen to be so named.
-fn visit_schemas(schema: &mut Value, f: &mut impl FnMut(&mut serde_json::Map<String, Value>)) {
+pub(crate) fn visit_schemas(
+    schema: &mut Value,
+    f: &mut impl FnMut(&mut serde_json::Map<String, Value>),
+) {
     match schema {
         Value::Object(map) => {
             f(map);
