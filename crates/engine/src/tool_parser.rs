@@ -157,12 +157,7 @@ impl ToolCallParser {
             self.open = OpenCall::default();
             return;
         }
-        // Hold a tail that may be the start of `<tool_call>`.
-        let keep = (1..OPEN.len())
-            .rev()
-            .find(|&n| self.buf.ends_with(&OPEN[..n]))
-            .unwrap_or(0);
-        let emit_to = self.buf.len() - keep;
+        let emit_to = self.buf.len() - marker_start_len(&self.buf, OPEN);
         if emit_to > 0 {
             let text: String = self.buf.drain(..emit_to).collect();
             self.emit_text(&text, out);
@@ -170,20 +165,25 @@ impl ToolCallParser {
     }
 
     fn in_call(&mut self, out: &mut Vec<Parsed>) {
-        if let Some(at) = self.buf.find(CLOSE) {
+        let close = self.buf.find(CLOSE);
+        if self.stream_calls {
+            // The body up to `</tool_call>` streams as it would have piece by piece, so what a
+            // streamed call commits to does not depend on how the text was split.
+            let buf = std::mem::take(&mut self.buf);
+            self.stream_open_call(&buf[..close.unwrap_or(buf.len())], close.is_some(), out);
+            self.buf = buf;
+        }
+        if let Some(at) = close {
             let body: String = self.buf.drain(..at + CLOSE.len()).collect();
             self.close_call(&body[..at], true, out);
             self.state = State::Text;
-            return;
-        }
-        if self.stream_calls {
-            self.stream_open_call(out);
         }
     }
 
-    /// Streams the header once the name is known, then the arguments as they grow.
-    fn stream_open_call(&mut self, out: &mut Vec<Parsed>) {
-        let scan = scan_call(&self.buf);
+    /// Streams the header once the name is known, then the arguments as they grow. `body` is
+    /// what came of the call so far; `whole` when its `</tool_call>` has come too.
+    fn stream_open_call(&mut self, body: &str, whole: bool, out: &mut Vec<Parsed>) {
+        let scan = scan_call(body);
         let (Some(name), Some(args_start)) = (scan.name, scan.arguments_start) else {
             return;
         };
@@ -196,13 +196,17 @@ impl ToolCallParser {
                 name: name.to_string(),
             });
         }
-        // Up to the value's end if it is complete, otherwise everything so far is inside it.
-        let end = value_end(&self.buf, args_start).unwrap_or(self.buf.len());
+        // Up to the value's end if it is complete, otherwise everything so far is inside it,
+        // except a tail that may be the start of `</tool_call>`.
+        let end = value_end(body, args_start).unwrap_or_else(|| match whole {
+            true => body.len(),
+            false => body.len() - marker_start_len(body, CLOSE),
+        });
         let from = args_start + self.open.streamed;
         if end > from {
             out.push(Parsed::CallArguments {
                 index,
-                text: self.buf[from..end].to_string(),
+                text: body[from..end].to_string(),
             });
             self.open.streamed = end - args_start;
         }
@@ -301,6 +305,15 @@ impl ToolCallParser {
         }
         (!calls.is_empty()).then_some(calls)
     }
+}
+
+/// The length of the longest tail of `text` that is a proper beginning of `marker`: text to hold
+/// until the next piece says whether the marker follows.
+fn marker_start_len(text: &str, marker: &str) -> usize {
+    (1..marker.len())
+        .rev()
+        .find(|&n| text.ends_with(&marker[..n]))
+        .unwrap_or(0)
 }
 
 /// `{"name": ..., "arguments": ...}` (or `"parameters"`) as (name, arguments JSON text). The
