@@ -105,12 +105,15 @@ function candleCoreLoadingCuda() {
   const pkg = JSON.parse(meta.stdout).packages.find((p) => p.name === 'candle-core')
   const source = path.dirname(pkg.manifest_path)
   const dest = path.join(targetDir, `candle-core-${pkg.version}-dynamic-loading`)
+  const manifest = path.join(dest, 'Cargo.toml')
+  const text = readFileSync(path.join(source, 'Cargo.toml'), 'utf8')
+  if (!text.includes('"dynamic-linking"')) fail(`candle-core ${pkg.version} no longer names cudarc's dynamic-linking: review scripts/build-cuda.mjs`)
+  const patched = text.replace('"dynamic-linking"', '"dynamic-loading"')
+  // A fresh copy would have new timestamps, and cargo would rebuild candle and all above it.
+  if (existsSync(manifest) && readFileSync(manifest, 'utf8') === patched) return dest
   rmSync(dest, { recursive: true, force: true })
   cpSync(source, dest, { recursive: true })
-  const manifest = path.join(dest, 'Cargo.toml')
-  const text = readFileSync(manifest, 'utf8')
-  if (!text.includes('"dynamic-linking"')) fail(`candle-core ${pkg.version} no longer names cudarc's dynamic-linking: review scripts/build-cuda.mjs`)
-  writeFileSync(manifest, text.replace('"dynamic-linking"', '"dynamic-loading"'))
+  writeFileSync(manifest, patched)
   return dest
 }
 

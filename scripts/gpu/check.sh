@@ -3,7 +3,7 @@
 # .gpu-carry/ (the CUDA qwen-bench, xz-compressed, and tokenizer files) plus this repository: no
 # Rust, no network. Needs python3 with torch, transformers and tokenizers, and the CUDA libraries
 # as pip packages (nvidia/*/lib in site-packages) or on LD_LIBRARY_PATH.
-#   OUT=/some/dir bash scripts/gpu/check.sh
+#   OUT=/some/dir bash scripts/gpu/check.sh [stage...]
 # Writes the raw JSON of every step and gpu-check.json (scripts/gpu/summarize.py) under $OUT.
 set -u
 : "${OUT:?set OUT to the folder for results}"
@@ -11,8 +11,10 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 CARRY=$REPO/.gpu-carry
 WORK=${GPU_CHECK_WORK:-/tmp/qwen-gpu-check}
 MODELS=$WORK/models
-mkdir -p "$MODELS"
-exec > >(tee -a "$OUT/log.txt") 2>&1
+# Every stage's results, kept across calls on a warm machine and copied to $OUT at the end.
+RESULTS=$WORK/results
+mkdir -p "$MODELS" "$RESULTS"
+exec > >(tee -a "$OUT/log.txt" "$RESULTS/log.txt") 2>&1
 step() { echo; echo "=== [t+${SECONDS}s] $*"; }
 
 step "machine"
@@ -34,29 +36,68 @@ QB=$WORK/qwen-bench
 cat "$CARRY/build.json"
 ldd "$QB" | grep -iE "cuda|cublas|curand|nvrtc|not found" || echo "no CUDA library linked (loaded at run time)"
 
-step "parity: CPU f32 vs CUDA f32 (greedy tokens) and bf16 (logits) on the tiny random Qwen2"
-timeout 120 "$QB" --parity "$REPO/crates/engine/tests/fixtures/tiny-qwen2" --device cuda --steps 32 | tee "$OUT/parity.json"
+# Stages, in order; name some to run only those (a warm machine keeps $WORK between calls, so
+# `check.sh parity models` then `check.sh bench serve summary` splits the check in two calls).
+STAGES=${*:-parity models bench serve summary}
+want() { [[ " $STAGES " == *" $1 "* ]]; }
+# QWEN_NATIVE_FUSED_KERNELS=0 runs candle's ops instead of our fused kernels: the A/B comparison.
+CANDLE_OPS=QWEN_NATIVE_FUSED_KERNELS=0
+TINY=$REPO/crates/engine/tests/fixtures/tiny-qwen2
 
-step "random-weight models, copy bandwidth, transformers baseline"
-timeout 420 python3 "$REPO/scripts/gpu/models.py" "$CARRY/tok" "$MODELS" > "$OUT/hf.json"
-echo "rc=$?"; cat "$OUT/hf.json"
+parity() { # tag dir steps [env...]
+  local tag=$1 dir=$2 steps=$3; shift 3
+  step "parity $tag: CPU f32 vs CUDA f32 (greedy tokens, logits fed the same tokens) and bf16 (logits)"
+  env "$@" timeout 300 "$QB" --parity "$dir" --device cuda --steps "$steps" > "$RESULTS/$tag.json" 2> "$RESULTS/$tag.err"
+  echo "rc=$?"; cat "$RESULTS/$tag.json"; tail -c 2000 "$RESULTS/$tag.err"
+}
+if want parity; then
+  # The tiny model's head_dim is 16; the random 0.5B (64) and 3B (128, 8 query heads per KV head)
+  # run the other attention kernels, in the models stage once those exist.
+  parity parity "$TINY" 32
+  parity parity_candle_ops "$TINY" 32 $CANDLE_OPS
+fi
+
+if want models; then
+  if [ -s "$RESULTS/hf.json" ] && [ -d "$MODELS/m7" ]; then
+    echo "models already made"
+  else
+    step "random-weight models, copy bandwidth, transformers baseline"
+    timeout 420 python3 "$REPO/scripts/gpu/models.py" "$CARRY/tok" "$MODELS" > "$RESULTS/hf.json"
+    echo "rc=$?"; cat "$RESULTS/hf.json"
+  fi
+  parity parity_m05 "$MODELS/m05" 16
+  parity parity_m3 "$MODELS/m3" 8
+fi
 
 bench() { # tag model prompt_tokens [env...]
   local tag=$1 model=$2 n=$3; shift 3
   step "qwen-bench $tag"
   env "$@" timeout 120 "$QB" --model "$MODELS/$model" --device cuda --prompt-tokens "$n" --gen-tokens 128 \
-    > "$OUT/qb_$tag.json" 2> "$OUT/qb_$tag.err"
-  echo "rc=$?"; cat "$OUT/qb_$tag.json"; tail -c 2000 "$OUT/qb_$tag.err"
+    > "$RESULTS/qb_$tag.json" 2> "$RESULTS/qb_$tag.err"
+  echo "rc=$?"; cat "$RESULTS/qb_$tag.json"; tail -c 2000 "$RESULTS/qb_$tag.err"
 }
-# The driver's kernel cache starts empty, so the first run pays what a fresh machine pays once
-# (compiling the PTX kernels); the runs after it find them compiled.
-export CUDA_CACHE_PATH=$WORK/nv-cache
-rm -rf "$CUDA_CACHE_PATH"
-bench m7_cold m7 512
-for m in m05 m15 m3 m7; do bench "${m}_512" "$m" 512; done
-bench m7_1024 m7 1024
-bench m7_2048 m7 2048
+if want bench; then
+  # The driver's kernel cache starts empty, so the first run pays what a fresh machine pays once
+  # (compiling candle's PTX kernels; ours are machine code); the runs after it find them compiled.
+  export CUDA_CACHE_PATH=$WORK/nv-cache
+  rm -rf "$CUDA_CACHE_PATH"
+  bench m7_cold m7 512
+  for m in m05 m15 m3 m7; do bench "${m}_512" "$m" 512; done
+  bench m7_512_candle_ops m7 512 $CANDLE_OPS
+  bench m05_512_candle_ops m05 512 $CANDLE_OPS
+  bench m7_1024 m7 1024
+  bench m7_2048 m7 2048
+fi
 
-step "summary"
-python3 "$REPO/scripts/gpu/summarize.py" "$OUT" "$MODELS" | tee "$OUT/gpu-check.json"
+if want serve; then
+  step "qwen-bench serve: 8 streams at once on the 7B"
+  timeout 180 "$QB" --model "$MODELS/m7" --device cuda --serve 8 --gen-tokens 128 > "$RESULTS/serve_m7_8.json" 2> "$RESULTS/serve_m7_8.err"
+  echo "rc=$?"; cat "$RESULTS/serve_m7_8.json"; tail -c 2000 "$RESULTS/serve_m7_8.err"
+fi
+
+if want summary; then
+  step "summary"
+  python3 "$REPO/scripts/gpu/summarize.py" "$RESULTS" "$MODELS" | tee "$RESULTS/gpu-check.json"
+fi
+cp -r "$RESULTS"/. "$OUT"/
 step "done"

@@ -103,7 +103,17 @@ impl KvCache {
         }
         self.keys[layer].slice_set(k, 2, self.len)?;
         self.values[layer].slice_set(v, 2, self.len)?;
-        let total = self.len + n;
+        self.positions(layer, self.len + n)
+    }
+
+    /// `layer`'s whole key and value buffers, (1, kv_heads, capacity, head_dim), for kernels that
+    /// write new positions in place (after `reserve`; positions count once `commit`ted).
+    pub(crate) fn buffers(&self, layer: usize) -> (&Tensor, &Tensor) {
+        (&self.keys[layer], &self.values[layer])
+    }
+
+    /// Views of `layer`'s first `total` positions.
+    pub(crate) fn positions(&self, layer: usize, total: usize) -> Result<(Tensor, Tensor)> {
         Ok((
             self.keys[layer].narrow(2, 0, total)?,
             self.values[layer].narrow(2, 0, total)?,

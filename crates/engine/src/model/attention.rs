@@ -3,6 +3,7 @@
 //! (kv_heads, positions, head_dim) and the place where a backend-specific kernel (a fused
 //! single-query decode kernel on CUDA, flash attention for prompts) replaces the generic one.
 
+use super::fused::{Fused, RopeInput};
 use super::qwen2::Linear;
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -84,27 +85,72 @@ impl Attention {
         rotary: &Rotary,
         spans: &mut [Span<'_>],
         layer: usize,
+        fused: Option<&Fused>,
     ) -> candle_core::Result<Tensor> {
         let hidden = x.dim(2)?;
-        let (q_all, k_all, v_all) = (self.q.forward(x)?, self.k.forward(x)?, self.v.forward(x)?);
         let mut outputs = Vec::with_capacity(spans.len());
-        for span in spans.iter_mut() {
-            let (offset, n, start) = (span.offset, span.len, span.cache.len());
-            let heads = |t: &Tensor, h: usize| {
-                t.narrow(1, offset, n)?
-                    .reshape((1, n, h, self.head_dim))?
-                    .transpose(1, 2)?
-                    .contiguous()
+        if let Some(fused) = fused {
+            let (q_all, k_all, v_all) =
+                (self.q.project(x)?, self.k.project(x)?, self.v.project(x)?);
+            let biases = match (self.q.bias(), self.k.bias(), self.v.bias()) {
+                (Some(q), Some(k), Some(v)) => Some((q, k, v)),
+                (None, None, None) => None,
+                _ => candle_core::bail!("fused attention needs all three biases or none"),
             };
-            let q = rotary.apply(&heads(&q_all, self.num_heads)?, start)?;
-            let k = rotary.apply(&heads(&k_all, self.num_kv_heads)?, start)?;
-            let v = heads(&v_all, self.num_kv_heads)?;
-            let (k, v) = span.cache.append(layer, &k, &v)?;
-            outputs.push(
-                scaled_dot_product(&q, &k, &v, span.mask.as_ref())?
-                    .transpose(1, 2)?
-                    .reshape((1, n, hidden))?,
-            );
+            for span in spans.iter_mut() {
+                let (n, start) = (span.len, span.cache.len());
+                let (k_cache, v_cache) = span.cache.buffers(layer);
+                let q = fused.rope_into_cache(RopeInput {
+                    q: &q_all,
+                    k: &k_all,
+                    v: &v_all,
+                    biases,
+                    cos: &rotary.cos,
+                    sin: &rotary.sin,
+                    k_cache,
+                    v_cache,
+                    offset: span.offset,
+                    len: n,
+                    start,
+                    heads: self.num_heads,
+                    kv_heads: self.num_kv_heads,
+                    head_dim: self.head_dim,
+                })?;
+                let single = match n {
+                    1 => fused.decode_attention(&q, k_cache, v_cache, start + 1)?,
+                    _ => None,
+                };
+                outputs.push(match single {
+                    Some(y) => y,
+                    None => {
+                        let (k, v) = span.cache.positions(layer, start + n)?;
+                        scaled_dot_product(&q, &k, &v, span.mask.as_ref())?
+                            .transpose(1, 2)?
+                            .reshape((1, n, hidden))?
+                    }
+                });
+            }
+        } else {
+            let (q_all, k_all, v_all) =
+                (self.q.forward(x)?, self.k.forward(x)?, self.v.forward(x)?);
+            for span in spans.iter_mut() {
+                let (offset, n, start) = (span.offset, span.len, span.cache.len());
+                let heads = |t: &Tensor, h: usize| {
+                    t.narrow(1, offset, n)?
+                        .reshape((1, n, h, self.head_dim))?
+                        .transpose(1, 2)?
+                        .contiguous()
+                };
+                let q = rotary.apply(&heads(&q_all, self.num_heads)?, start)?;
+                let k = rotary.apply(&heads(&k_all, self.num_kv_heads)?, start)?;
+                let v = heads(&v_all, self.num_kv_heads)?;
+                let (k, v) = span.cache.append(layer, &k, &v)?;
+                outputs.push(
+                    scaled_dot_product(&q, &k, &v, span.mask.as_ref())?
+                        .transpose(1, 2)?
+                        .reshape((1, n, hidden))?,
+                );
+            }
         }
         let y = match outputs.len() {
             1 => outputs.remove(0),

@@ -2,6 +2,7 @@
 //! attention with RoPE and a SwiGLU MLP, final RMSNorm and the LM head.
 
 use super::attention::{causal_mask, Attention, Rotary, Span};
+use super::fused::Fused;
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
@@ -31,11 +32,20 @@ impl Linear {
     }
 
     pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.weight.forward(x)?;
+        let y = self.project(x)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+
+    /// `x` times the weight, without the bias (for a kernel that adds it on the way).
+    pub(super) fn project(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.weight.forward(x)
+    }
+
+    pub(super) fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
     }
 }
 
@@ -57,12 +67,14 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, fused: Option<&Fused>) -> candle_core::Result<Tensor> {
         let (gate, up) = (self.gate.forward(x)?, self.up.forward(x)?);
-        let hidden = if gate.device().is_cpu() && gate.dtype() == DType::F32 {
-            swiglu_on_cpu(&gate, &up)?
-        } else {
-            (candle_nn::ops::silu(&gate)? * up)?
+        let hidden = match fused {
+            Some(fused) => fused.silu_mul(&gate, &up)?,
+            None if gate.device().is_cpu() && gate.dtype() == DType::F32 => {
+                swiglu_on_cpu(&gate, &up)?
+            }
+            None => (candle_nn::ops::silu(&gate)? * up)?,
         };
         self.down.forward(&hidden)
     }
@@ -86,6 +98,23 @@ fn swiglu_on_cpu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
     )
 }
 
+/// (x + h, norm(x + h)): one fused kernel where there is one.
+fn add_norm(
+    x: Tensor,
+    h: &Tensor,
+    norm: &RmsNorm,
+    fused: Option<&Fused>,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    match fused {
+        Some(fused) => fused.add_rms_norm(&x, h, &norm.weight, norm.eps),
+        None => {
+            let sum = (x + h)?;
+            let normed = norm.forward(&sum)?;
+            Ok((sum, normed))
+        }
+    }
+}
+
 struct Block {
     attn_norm: RmsNorm,
     attn: Attention,
@@ -104,6 +133,8 @@ pub struct Qwen2 {
     max_positions: usize,
     dtype: DType,
     device: Device,
+    /// The GPU's fused kernels, when there are some for this device and dtype.
+    fused: Option<Fused>,
 }
 
 impl Qwen2 {
@@ -164,7 +195,13 @@ impl Qwen2 {
             max_positions,
             dtype,
             device: device.clone(),
+            fused: Fused::for_device(device, dtype)?,
         })
+    }
+
+    /// Whether the GPU's fused kernels run this model (see [`super::fused`]).
+    pub fn uses_fused_kernels(&self) -> bool {
+        self.fused.is_some()
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -289,12 +326,22 @@ impl Qwen2 {
         }
         let ids = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
         let mut x = self.embed.lookup(&ids)?.to_dtype(self.dtype)?;
+        let fused = self.fused.as_ref();
+        // Each residual add is followed by the next norm, so the two run as one step.
+        let mut normed = match self.blocks.first() {
+            Some(first) => first.attn_norm.forward(&x)?,
+            None => x.clone(),
+        };
         for (i, block) in self.blocks.iter().enumerate() {
-            let h = block.attn_norm.forward(&x)?;
-            let h = block.attn.forward(&h, &self.rotary, &mut spans, i)?;
-            x = (x + h)?;
-            let h = block.mlp.forward(&block.ffn_norm.forward(&x)?)?;
-            x = (x + h)?;
+            let h = block
+                .attn
+                .forward(&normed, &self.rotary, &mut spans, i, fused)?;
+            (x, normed) = add_norm(x, &h, &block.ffn_norm, fused)?;
+            let h = block.mlp.forward(&normed, fused)?;
+            match self.blocks.get(i + 1) {
+                Some(next) => (x, normed) = add_norm(x, &h, &next.attn_norm, fused)?,
+                None => x = (x + h)?,
+            }
         }
         for span in spans {
             span.cache.commit(span.len);

@@ -2,6 +2,7 @@
 //! `npm run fetch-model`). One test binary, so candle is linked once.
 
 mod common;
+mod cuda_kernels;
 mod engine;
 mod load_errors;
 mod prefix_cache;

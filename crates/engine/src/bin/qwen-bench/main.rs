@@ -210,6 +210,7 @@ fn speed(opts: &EngineOptions, prompt_tokens: usize, gen_tokens: usize) -> Bench
         "gpu": device::gpu_info(model.device()),
         "cpu_fallback_reason": info.cpu_fallback_reason,
         "cpu_kernels": info.cpu_kernels,
+        "fused_kernels": model.uses_fused_kernels(),
         "dtype": info.dtype,
         "threads": info.threads,
         "load_s": load_s,
@@ -308,6 +309,7 @@ fn parity(dir: &Path, device_arg: &str, steps: usize) -> BenchResult<String> {
         "parity": dir.file_name().map(|f| f.to_string_lossy().into_owned()),
         "device": device::name(&selected.device),
         "cpu_fallback_reason": selected.cpu_fallback_reason,
+        "fused_kernels": dev_f32.uses_fused_kernels(),
         "steps": steps,
         "f32_tokens_equal": first_difference.is_none(),
         "f32_first_difference": first_difference.map(|i| json!({
