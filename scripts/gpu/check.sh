@@ -24,21 +24,22 @@ SITE=$(python3 -c 'import site; print(site.getsitepackages()[0])')
 LIBS=$(ls -d "$SITE"/nvidia/*/lib 2>/dev/null | tr '\n' ':')
 export LD_LIBRARY_PATH="${LIBS}${LD_LIBRARY_PATH:-}"
 
-step "unpack qwen-bench"
+step "unpack qwen-bench and qwen-export"
 python3 - "$CARRY" "$WORK" <<'EOF'
 import lzma, os, shutil, sys
 carry, work = sys.argv[1:]
-with lzma.open(os.path.join(carry, "qwen-bench.xz")) as src, open(os.path.join(work, "qwen-bench"), "wb") as dst:
-    shutil.copyfileobj(src, dst)
-os.chmod(os.path.join(work, "qwen-bench"), 0o755)
+for name in ("qwen-bench", "qwen-export"):
+    with lzma.open(os.path.join(carry, name + ".xz")) as src, open(os.path.join(work, name), "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.chmod(os.path.join(work, name), 0o755)
 EOF
 QB=$WORK/qwen-bench
 cat "$CARRY/build.json"
 ldd "$QB" | grep -iE "cuda|cublas|curand|nvrtc|not found" || echo "no CUDA library linked (loaded at run time)"
 
 # Stages, in order; name some to run only those (a warm machine keeps $WORK between calls, so
-# `check.sh parity models` then `check.sh bench serve summary` splits the check in two calls).
-STAGES=${*:-parity models bench serve summary}
+# `check.sh parity models gguf` then `check.sh bench serve summary` splits the check in two calls).
+STAGES=${*:-parity models gguf bench serve summary}
 want() { [[ " $STAGES " == *" $1 "* ]]; }
 # QWEN_NATIVE_FUSED_KERNELS=0 runs candle's ops instead of our fused kernels: the A/B comparison.
 CANDLE_OPS=QWEN_NATIVE_FUSED_KERNELS=0
@@ -69,6 +70,17 @@ if want models; then
   parity parity_m3 "$MODELS/m3" 8
 fi
 
+if want gguf; then
+  # Quantized 7B models for cards where bf16 does not fit: Q4_K (the bulk of a Q4_K_M file) and
+  # Q8_0, written from the random bf16 weights with the default model's vocabulary.
+  for q in q4k q8_0; do
+    if [ -s "$MODELS/m7_$q.gguf" ]; then echo "m7_$q.gguf already made"; continue; fi
+    step "qwen-export: m7 as $q GGUF"
+    timeout 300 "$WORK/qwen-export" --gguf "$MODELS/m7" "$CARRY/tok/tokenizer.gguf" "$MODELS/m7_$q.gguf" "$q"
+    echo "rc=$?"; ls -la "$MODELS/m7_$q.gguf"
+  done
+fi
+
 bench() { # tag model prompt_tokens [env...]
   local tag=$1 model=$2 n=$3; shift 3
   step "qwen-bench $tag"
@@ -87,6 +99,9 @@ if want bench; then
   bench m05_512_candle_ops m05 512 $CANDLE_OPS
   bench m7_1024 m7 1024
   bench m7_2048 m7 2048
+  for q in q4k q8_0; do
+    [ -s "$MODELS/m7_$q.gguf" ] && bench "m7_${q}_512" "m7_$q.gguf" 512
+  done
 fi
 
 if want serve; then

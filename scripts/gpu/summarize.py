@@ -57,6 +57,7 @@ parity = load("parity.json")
 parities = {tag: load(f"{tag}.json") for tag in ("parity", "parity_candle_ops", "parity_m05", "parity_m3")}
 candle_ops = {m: load(f"qb_{m}_512_candle_ops.json") for m in ("m05", "m7")}
 serve = load("serve_m7_8.json")
+gguf_7b = {q: load(f"qb_m7_{q}_512.json") for q in ("q4k", "q8_0")}
 gb7 = next((s["weight_gb"] for s in sizes if s["model"] == "m7"), None)
 bound = bandwidth / gb7 if bandwidth and gb7 else None
 
@@ -105,6 +106,7 @@ print(json.dumps({
     "decode_fused_vs_candle_ops_512": fused_vs_candle,
     "qwen_bench_candle_ops_512": candle_ops,
     "serve_7b_8_streams": serve,
+    "gguf_7b_512": {q: {k: r.get(k) for k in ("decode_tok_s", "prefill_tok_s", "ttft_ms", "load_s", "missing")} for q, r in gguf_7b.items()},
     "checks": checks,
     "all_pass": all(c["pass"] for c in checks),
 }, indent=1))

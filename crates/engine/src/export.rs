@@ -1,13 +1,15 @@
-//! Writes a GGUF model as a Hugging Face directory (config.json, model.safetensors, tokenizer.json,
-//! tokenizer_config.json, generation_config.json): real weights for the safetensors loader where
-//! no safetensors checkpoint can be downloaded.
+//! Converts between the two model formats. A GGUF model as a Hugging Face directory (config.json,
+//! model.safetensors, tokenizer.json, tokenizer_config.json, generation_config.json): real weights
+//! for the safetensors loader where no safetensors checkpoint can be downloaded. A Hugging Face
+//! directory as a quantized GGUF: quantized models of any shape, made where they are measured.
 
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::loader::{
-    end_of_turn_ids, qwen_defaults, GgufSource, Placement, WeightName, WeightSource,
+    end_of_turn_ids, qwen_defaults, GgufSource, HfDirSource, Placement, WeightName, WeightSource,
 };
 use crate::tokenizer::Tokenizer;
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Tensor};
 use serde_json::json;
 use std::collections::HashMap;
@@ -103,4 +105,153 @@ pub fn gguf_to_hf_dir(gguf: &Path, out: &Path, dtype: DType) -> Result<()> {
         &out.join("generation_config.json"),
         serde_json::to_string_pretty(&generation).unwrap_or_default(),
     )
+}
+
+/// Writes a Hugging Face directory's weights as a GGUF file at `out`, matrices quantized to
+/// `quantization` (a matrix whose rows do not split into its blocks falls back to Q8_0, then F16,
+/// as llama.cpp does), vectors in F32. The tokenizer and chat template come from `tokenizer_gguf`,
+/// a GGUF file of the same vocabulary (tensors there are ignored): this is how the GPU check makes
+/// quantized models of the Qwen2.5 shapes from random weights, with no download.
+pub fn hf_dir_to_gguf(
+    dir: &Path,
+    tokenizer_gguf: &Path,
+    quantization: GgmlDType,
+    out: &Path,
+) -> Result<()> {
+    let config = std::fs::read_to_string(dir.join("config.json")).map_err(|e| {
+        EngineError::load(format!("cannot read {}/config.json: {e}", dir.display()))
+    })?;
+    let cfg = ModelConfig::from_hf_json(&config)?;
+    let tokenizer = read_gguf_metadata(tokenizer_gguf)?;
+    let mut src = HfDirSource::open(dir, Placement::cpu())?;
+    let names: Vec<WeightName> = WeightName::all(&cfg)
+        .into_iter()
+        .filter(|n| src.contains(*n))
+        .collect();
+    let mut tensors = Vec::with_capacity(names.len());
+    for name in &names {
+        tensors.push((name.gguf(), src.vector(*name)?));
+    }
+    let quantized = quantize_all(&names, tensors, quantization)?;
+
+    use gguf_file::Value;
+    let u32_value = |v: usize| Value::U32(v as u32);
+    let mut metadata: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String("qwen2".into())),
+        (
+            "general.name".into(),
+            Value::String(format!("{} ({quantization:?})", dir.display())),
+        ),
+        ("qwen2.block_count".into(), u32_value(cfg.num_layers)),
+        (
+            "qwen2.context_length".into(),
+            u32_value(cfg.max_position_embeddings),
+        ),
+        ("qwen2.embedding_length".into(), u32_value(cfg.hidden_size)),
+        (
+            "qwen2.feed_forward_length".into(),
+            u32_value(cfg.intermediate_size),
+        ),
+        (
+            "qwen2.attention.head_count".into(),
+            u32_value(cfg.num_heads),
+        ),
+        (
+            "qwen2.attention.head_count_kv".into(),
+            u32_value(cfg.num_kv_heads),
+        ),
+        ("qwen2.rope.freq_base".into(), Value::F32(cfg.rope_theta)),
+        (
+            "qwen2.attention.layer_norm_rms_epsilon".into(),
+            Value::F32(cfg.rms_norm_eps as f32),
+        ),
+    ];
+    metadata.extend(
+        tokenizer
+            .metadata
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("tokenizer.")),
+    );
+    let metadata_refs: Vec<(&str, &Value)> =
+        metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> =
+        quantized.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(out)
+            .map_err(|e| EngineError::Internal(format!("creating {}: {e}", out.display())))?,
+    );
+    gguf_file::write(&mut file, &metadata_refs, &tensor_refs)?;
+    Ok(())
+}
+
+/// Copies a GGUF file's metadata (tokenizer, template, hyper-parameters) without its tensors: a
+/// few MB that carry a vocabulary to where [`hf_dir_to_gguf`] runs.
+pub fn gguf_metadata_only(gguf: &Path, out: &Path) -> Result<()> {
+    let content = read_gguf_metadata(gguf)?;
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(out)
+            .map_err(|e| EngineError::Internal(format!("creating {}: {e}", out.display())))?,
+    );
+    gguf_file::write(&mut file, &metadata, &[])?;
+    Ok(())
+}
+
+/// A GGUF file's header and metadata, without its tensors.
+fn read_gguf_metadata(path: &Path) -> Result<gguf_file::Content> {
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| EngineError::load(format!("cannot open {}: {e}", path.display())))?;
+    Ok(gguf_file::Content::read(&mut file)?)
+}
+
+/// Quantizes the matrices on every core (a 7B in k-quants is minutes on one), in name order.
+fn quantize_all(
+    names: &[WeightName],
+    tensors: Vec<(String, Tensor)>,
+    quantization: GgmlDType,
+) -> Result<Vec<(String, QTensor)>> {
+    let jobs: Vec<_> = names.iter().zip(tensors).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut done: Vec<Option<Result<QTensor>>> = (0..jobs.len()).map(|_| None).collect();
+    let results = std::sync::Mutex::new(&mut done);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((name, (_, tensor))) = jobs.get(i) else {
+                    break;
+                };
+                let result = quantize_one(**name, tensor, quantization);
+                if let Ok(mut slots) = results.lock() {
+                    slots[i] = Some(result);
+                }
+            });
+        }
+    });
+    jobs.iter()
+        .zip(done)
+        .map(|((_, (key, _)), result)| {
+            let q =
+                result.unwrap_or_else(|| Err(EngineError::Internal("quantizer stopped".into())))?;
+            Ok((key.clone(), q))
+        })
+        .collect()
+}
+
+fn quantize_one(name: WeightName, tensor: &Tensor, quantization: GgmlDType) -> Result<QTensor> {
+    let tensor = tensor.to_dtype(DType::F32)?;
+    if name.is_vector() {
+        return Ok(QTensor::quantize(&tensor, GgmlDType::F32)?);
+    }
+    let cols = tensor.dim(1)?;
+    let dtype = [quantization, GgmlDType::Q8_0, GgmlDType::F16]
+        .into_iter()
+        .find(|d| cols % d.block_size() == 0)
+        .unwrap_or(GgmlDType::F32);
+    Ok(QTensor::quantize(&tensor, dtype)?)
 }
