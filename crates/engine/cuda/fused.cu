@@ -4,6 +4,7 @@
 //   rope_qkv       bias add, RoPE, head split and the KV-cache write      (~10 ops -> 1)
 //   attn_partial   attention of one new position over the cache, per     (~6 ops -> 2)
 //   attn_combine     chunk of positions, then the chunks merged (flash-decoding)
+//   causal_softmax a prompt's scaled, causally masked softmax             (3 ops + a host mask -> 1)
 //   silu_mul       SwiGLU's silu(gate) * up                              (2 ops -> 1)
 // Arithmetic is in f32 whatever the storage type; results are rounded once, when stored.
 // Every kernel is instantiated for f32, bf16 and f16 (suffixes _f32, _bf16, _f16).
@@ -213,6 +214,35 @@ __device__ void attn_combine(const float* partial, T* out, int chunks, int d) {
     out[(size_t)head * d + e] = from_float<T>(total_out / total_sum);
 }
 
+// Causal softmax of a prompt's attention scores: one block per row of scores (rows, total), where
+// row r is query r % n of the prompt's n new positions, at position start + r % n, and sees keys
+// 0 ..= start + r % n. `scale` multiplies the scores; masked keys get probability 0. Replaces
+// candle's scale, mask upload and add, and softmax: three passes over the scores and a host mask.
+template <typename T>
+__device__ void causal_softmax(const T* scores, T* out, int n, int start, int total, float scale) {
+    __shared__ float row_max[32];
+    const size_t row = blockIdx.x;
+    const T* in = scores + row * total;
+    T* dst = out + row * total;
+    const int visible = min(total, start + (int)(row % n) + 1);
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j < visible; j += blockDim.x) m = fmaxf(m, to_float(in[j]) * scale);
+    // Block max: the same reduction as block_sum, with max.
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
+    if (lane == 0) row_max[warp] = m;
+    __syncthreads();
+    m = lane < warps ? row_max[lane] : -INFINITY;
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
+    float sum = 0.f;
+    for (int j = threadIdx.x; j < visible; j += blockDim.x) sum += __expf(to_float(in[j]) * scale - m);
+    const float inv = 1.f / block_sum(sum);
+    for (int j = threadIdx.x; j < total; j += blockDim.x)
+        dst[j] = from_float<T>(j < visible ? __expf(to_float(in[j]) * scale - m) * inv : 0.f);
+}
+
 template <typename T>
 __device__ void silu_mul(const T* gate, const T* up, T* out, size_t n) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
@@ -247,6 +277,10 @@ __device__ void silu_mul(const T* gate, const T* up, T* out, size_t n) {
     }                                                                                                    \
     extern "C" __global__ void attn_combine_##SUFFIX(const float* partial, T* out, int chunks, int d) {   \
         attn_combine<T>(partial, out, chunks, d);                                                        \
+    }                                                                                                    \
+    extern "C" __global__ void causal_softmax_##SUFFIX(const T* scores, T* out, int n, int start, int total, \
+                                                       float scale) {                                    \
+        causal_softmax<T>(scores, out, n, start, total, scale);                                          \
     }                                                                                                    \
     extern "C" __global__ void silu_mul_##SUFFIX(const T* gate, const T* up, T* out, size_t n) {          \
         silu_mul<T>(gate, up, out, n);                                                                   \

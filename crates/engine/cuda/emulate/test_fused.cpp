@@ -165,6 +165,28 @@ static void check_attention(Partial partial_kernel, Combine combine, int d, int 
 }
 
 template <typename T, typename Kernel>
+static void check_causal_softmax(Kernel kernel, int heads, int n, int start) {
+    const int total = start + n, rows = heads * n;
+    const float scale = 0.125f;
+    auto scores = random_values<T>(size_t(rows) * total, 20.f);
+    std::vector<T> out(scores.size());
+    launch({unsigned(rows)}, {256}, kernel, scores.data(), out.data(), n, start, total, scale);
+    std::vector<double> want(scores.size());
+    for (int r = 0; r < rows; ++r) {
+        const int visible = start + r % n + 1;
+        double mx = -INFINITY, sum = 0;
+        for (int j = 0; j < visible; ++j) mx = std::max(mx, double(to_f(scores[size_t(r) * total + j])) * scale);
+        for (int j = 0; j < visible; ++j) sum += std::exp(double(to_f(scores[size_t(r) * total + j])) * scale - mx);
+        for (int j = 0; j < total; ++j)
+            want[size_t(r) * total + j] =
+                j < visible ? std::exp(double(to_f(scores[size_t(r) * total + j])) * scale - mx) / sum : 0.0;
+    }
+    expect_close(std::string("causal_softmax ") + type_name<T>() + " n=" + std::to_string(n) + " start=" +
+                     std::to_string(start),
+                 out.data(), want, tolerance<T>());
+}
+
+template <typename T, typename Kernel>
 static void check_silu_mul(Kernel kernel) {
     const size_t n = 1000;
     auto gate = random_values<T>(n, 6.f), up = random_values<T>(n);
@@ -191,6 +213,8 @@ static void check_all(const K& kernels) {
             check_attention<T>(kernels.attn_64, kernels.combine, 64, group, total);
             check_attention<T>(kernels.attn_128, kernels.combine, 128, group, total);
         }
+    check_causal_softmax<T>(kernels.causal_softmax, 3, 5, 0);
+    check_causal_softmax<T>(kernels.causal_softmax, 2, 4, 300);  // rows longer than the block
     check_silu_mul<T>(kernels.silu_mul);
 }
 
@@ -202,6 +226,7 @@ static void check_all(const K& kernels) {
         decltype(&attn_partial_64_##SUFFIX) attn_64 = attn_partial_64_##SUFFIX;                         \
         decltype(&attn_partial_128_##SUFFIX) attn_128 = attn_partial_128_##SUFFIX;                      \
         decltype(&attn_combine_##SUFFIX) combine = attn_combine_##SUFFIX;                               \
+        decltype(&causal_softmax_##SUFFIX) causal_softmax = causal_softmax_##SUFFIX;                    \
         decltype(&silu_mul_##SUFFIX) silu_mul = silu_mul_##SUFFIX;                                      \
     }
 

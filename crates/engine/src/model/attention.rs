@@ -124,7 +124,7 @@ impl Attention {
                     Some(y) => y,
                     None => {
                         let (k, v) = span.cache.positions(layer, start + n)?;
-                        scaled_dot_product(&q, &k, &v, span.mask.as_ref())?
+                        scaled_dot_product(&q, &k, &v, span.mask.as_ref(), Some(fused))?
                             .transpose(1, 2)?
                             .reshape((1, n, hidden))?
                     }
@@ -146,7 +146,7 @@ impl Attention {
                 let v = heads(&v_all, self.num_kv_heads)?;
                 let (k, v) = span.cache.append(layer, &k, &v)?;
                 outputs.push(
-                    scaled_dot_product(&q, &k, &v, span.mask.as_ref())?
+                    scaled_dot_product(&q, &k, &v, span.mask.as_ref(), None)?
                         .transpose(1, 2)?
                         .reshape((1, n, hidden))?,
                 );
@@ -166,23 +166,23 @@ pub(super) struct Span<'a> {
     pub offset: usize,
     pub len: usize,
     pub cache: &'a mut KvCache,
-    /// [`causal_mask`]'s, for len > 1.
+    /// [`causal_mask`]'s, for len > 1 where [`needs_mask`].
     pub mask: Option<Tensor>,
 }
 
 /// softmax(q·kᵀ/√d + mask)·v for q (b, heads, n, d) over k, v (b, kv_heads, total, d), where
 /// query heads h·group .. (h+1)·group share KV head h. Returns (b, heads, n, d).
 ///
-/// The generic version, built from candle ops, runs on every backend; a backend's fused kernel
-/// (single-query decode over the cache, flash attention for prompts) goes in here, so the model
-/// and the cache layout do not change with it.
+/// The generic version, built from candle ops, runs on every backend; the CPU and the GPU's fused
+/// kernels apply the causal mask themselves (see [`needs_mask`]). A backend's own prompt kernel
+/// (flash attention) goes in here, so the model and the cache layout do not change with it.
 fn scaled_dot_product(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     mask: Option<&Tensor>,
+    fused: Option<&Fused>,
 ) -> candle_core::Result<Tensor> {
-    // Every mask here is causal_mask's, which the CPU kernel applies by construction.
     if q.device().is_cpu() && q.dtype() == DType::F32 {
         return attend_on_cpu(q, k, v);
     }
@@ -192,16 +192,28 @@ fn scaled_dot_product(
     // (b, heads, n, d) reshapes to (b, kv_heads, group * n, d).
     let group = heads / kv_heads;
     let q = q.reshape((b, kv_heads, group * n, d))?;
-    let mut scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
-    if let Some(mask) = mask {
-        scores = scores
-            .reshape((b, kv_heads, group, n, total))?
-            .broadcast_add(mask)?
-            .reshape((b, kv_heads, group * n, total))?;
-    }
-    candle_nn::ops::softmax_last_dim(&scores)?
-        .matmul(v)?
-        .reshape((b, heads, n, d))
+    let scores = q.matmul(&k.t()?)?;
+    let scale = 1.0 / (d as f64).sqrt();
+    let probs = match fused {
+        Some(fused) => fused.causal_softmax(&scores, n, total - n, scale as f32)?,
+        None => {
+            let mut scores = (scores * scale)?;
+            if let Some(mask) = mask {
+                scores = scores
+                    .reshape((b, kv_heads, group, n, total))?
+                    .broadcast_add(mask)?
+                    .reshape((b, kv_heads, group * n, total))?;
+            }
+            candle_nn::ops::softmax_last_dim(&scores)?
+        }
+    };
+    probs.matmul(v)?.reshape((b, heads, n, d))
+}
+
+/// Whether a prompt's attention needs a mask tensor: only candle's generic ops do; the CPU kernel
+/// and the GPU's causal softmax mask by position.
+pub(super) fn needs_mask(device: &Device, dtype: DType, fused: Option<&Fused>) -> bool {
+    fused.is_none() && !(device.is_cpu() && dtype == DType::F32)
 }
 
 /// The CPU's attention ([`kernels::attention`]): causal by construction (the mask is implied),

@@ -1,7 +1,7 @@
 //! The Qwen2 decoder (Qwen2 / Qwen2.5): token embedding, N pre-norm blocks of grouped-query
 //! attention with RoPE and a SwiGLU MLP, final RMSNorm and the LM head.
 
-use super::attention::{causal_mask, Attention, Rotary, Span};
+use super::attention::{causal_mask, needs_mask, Attention, Rotary, Span};
 use super::fused::Fused;
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
@@ -311,7 +311,7 @@ impl Qwen2 {
         for input in batch.iter_mut() {
             let (n, start) = (input.tokens.len(), input.cache.len());
             input.cache.reserve(start + n)?;
-            let mask = if n > 1 {
+            let mask = if n > 1 && needs_mask(&self.device, self.dtype, self.fused.as_ref()) {
                 Some(causal_mask(n, start, self.dtype, &self.device)?)
             } else {
                 None

@@ -33,6 +33,7 @@ struct Functions {
     /// For head_dim ≤ 32, ≤ 64, ≤ 128.
     attn_partial: [CudaFunction; 3],
     attn_combine: CudaFunction,
+    causal_softmax: CudaFunction,
     silu_mul: CudaFunction,
 }
 
@@ -51,6 +52,7 @@ impl Functions {
                 f("attn_partial_128")?,
             ],
             attn_combine: f("attn_combine")?,
+            causal_softmax: f("causal_softmax")?,
             silu_mul: f("silu_mul")?,
         })
     }
@@ -273,6 +275,40 @@ impl Fused {
         // SAFETY: partial as written above; out is (heads · d).
         unsafe { launch.launch(grid((heads as u32, 1), threads)) }.w()?;
         Ok(Some(out))
+    }
+
+    /// softmax(scale · scores) over each row's visible keys, for scores (..., rows, total) of a
+    /// prompt's `n` new positions after `start` cached ones: row r is query r % n, which sees keys
+    /// 0 ..= start + r % n; the others get 0.
+    pub(in crate::model) fn causal_softmax(
+        &self,
+        scores: &Tensor,
+        n: usize,
+        start: usize,
+        scale: f32,
+    ) -> Result<Tensor> {
+        let total = scores.dim(candle_core::D::Minus1)?;
+        let rows = scores.elem_count() / total.max(1);
+        // Rows are (..., group · n) query rows, so a multiple of n.
+        if n == 0 || start + n != total {
+            bail!(
+                "causal_softmax: {n} queries after {start} positions, scores {:?}",
+                scores.dims()
+            );
+        }
+        let out = self.empty(scores.shape().clone())?;
+        let stream = self.stream();
+        let (ps, po) = (self.address(scores)?, self.address(&out)?);
+        let ints = [n, start, total].map(|v| v as i32);
+        let mut launch = stream.launch_builder(&self.functions.causal_softmax);
+        launch.arg(&ps).arg(&po);
+        for v in &ints {
+            launch.arg(v);
+        }
+        launch.arg(&scale);
+        // SAFETY: scores and out are (rows, total), contiguous.
+        unsafe { launch.launch(grid((rows as u32, 1), 256)) }.w()?;
+        Ok(out)
     }
 
     fn stream(&self) -> std::sync::Arc<CudaStream> {

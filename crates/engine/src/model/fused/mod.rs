@@ -1,6 +1,6 @@
 //! Fused kernels for the decoder on a GPU: one launch where candle's ops take several (the residual
 //! add with the next RMSNorm, RoPE with the KV-cache write, single-position attention over the
-//! cache, SwiGLU). Decode on a GPU is bound by launches and allocations, not by arithmetic: a 7B
+//! cache, a prompt's causal softmax, SwiGLU). Decode on a GPU is bound by launches and allocations, not by arithmetic: a 7B
 //! step is ~30 candle ops per layer, so each op's fixed cost adds up to more than reading the
 //! weights. The model asks [`Fused::for_device`] once at load and falls back to candle's ops when
 //! there are none (every CPU, builds without CUDA, `QWEN_NATIVE_FUSED_KERNELS=0`).
@@ -38,6 +38,16 @@ mod none {
         }
 
         pub(in crate::model) fn rope_into_cache(&self, _: super::RopeInput<'_>) -> Result<Tensor> {
+            match *self {}
+        }
+
+        pub(in crate::model) fn causal_softmax(
+            &self,
+            _: &Tensor,
+            _: usize,
+            _: usize,
+            _: f32,
+        ) -> Result<Tensor> {
             match *self {}
         }
 
