@@ -29,8 +29,10 @@ pub struct GenerationParams {
     pub tools: ToolSettings,
     /// The calls an answer may not make (empty where the request does not guard them).
     pub guard: CallGuard,
-    /// The prompt without the tools, for an answer redone as text after a rejected call.
-    pub text_prompt: Option<Vec<u32>>,
+    /// An answer redone as text after a rejected call runs on the prompt without the tools,
+    /// which the scheduler renders then ([`Next::Reprompt`], [`Generator::use_prompt`]): most
+    /// guarded requests never need it. Otherwise it reruns on the same prompt.
+    pub redo_without_tools: bool,
 }
 
 /// Why an answer starts over from its first token.
@@ -52,8 +54,9 @@ pub fn needs_grammar(tools: &ToolSettings) -> bool {
 pub enum Next {
     /// Run [`Generator::input`] through the model and call [`Generator::step`] with the result.
     Forward,
-    /// The answer starts over on another prompt ([`Generator::prompt`]): put the sequence back
-    /// in the prefix cache, check one out for the new prompt and [`Generator::attach`] it.
+    /// The answer starts over as text on the prompt without the tools: render it and hand it
+    /// to [`Generator::use_prompt`], put the sequence back in the prefix cache, check one out for
+    /// the new prompt and [`Generator::attach`] it.
     Reprompt,
     /// `Finished` was emitted.
     Done,
@@ -160,6 +163,11 @@ impl Generator {
     /// The prompt the sequence must hold before sampling starts.
     pub fn prompt(&self) -> &[u32] {
         &self.prompt
+    }
+
+    /// Replaces the prompt, at a [`Next::Reprompt`], before a sequence is attached for it.
+    pub fn use_prompt(&mut self, prompt: Vec<u32>) {
+        self.prompt = prompt;
     }
 
     /// Whether the prompt is still being run (no token sampled from it yet).
@@ -314,14 +322,11 @@ impl Generator {
                 self.opening_bans = punctuation_openings(vocab.tokenizer);
                 // The prompt with the tools stays cached for the conversation's next turn; the
                 // tool-less one runs in a sequence of its own.
-                match self.params.text_prompt.take() {
-                    Some(text_prompt) => {
-                        self.prompt = text_prompt;
-                        self.decoding = false;
-                        Ok(true)
-                    }
-                    None => Ok(false),
+                let reprompt = std::mem::take(&mut self.params.redo_without_tools);
+                if reprompt {
+                    self.decoding = false;
                 }
+                Ok(reprompt)
             }
         }
     }

@@ -305,9 +305,7 @@ impl Scheduler {
         // model otherwise keeps reaching for. (A guarded request may call, so its prompt holds
         // the tools.)
         let guard = CallGuard::new(&request.tool_settings, &request.messages);
-        let text_prompt = (!guard.is_empty())
-            .then(|| render_prompt(&shared.tokenizer, &shared.template, request, None))
-            .transpose()?;
+        let redo_without_tools = !guard.is_empty();
         let params = GenerationParams {
             max_tokens,
             sampling: request.sampling.clone(),
@@ -315,7 +313,7 @@ impl Scheduler {
             eos: self.eos.clone(),
             tools: request.tool_settings.clone(),
             guard,
-            text_prompt,
+            redo_without_tools,
         };
         if needs_grammar(&params.tools) && self.grammars.is_none() {
             let end_of_turn = shared
@@ -511,10 +509,13 @@ impl Scheduler {
             .collect())
     }
 
-    /// Gives the sequence back to the prefix cache and checks out one for the generator's new
-    /// prompt (an answer redone on the prompt without the tools).
+    /// Renders the request's prompt without the tools for the generator (an answer redone as
+    /// text), gives the sequence back to the prefix cache and checks out one for the new prompt.
     fn reprompt(&mut self, i: usize) -> Result<()> {
         let a = &mut self.active[i];
+        let shared = &self.shared;
+        let text_prompt = render_prompt(&shared.tokenizer, &shared.template, &a.job.request, None)?;
+        a.generator.use_prompt(text_prompt);
         let done = std::mem::replace(&mut a.seq, Sequence::new(&self.model));
         self.cache.check_in(done);
         a.seq = self.cache.check_out(&self.model, a.generator.prompt())?;
