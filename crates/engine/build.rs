@@ -1,6 +1,6 @@
 //! With the `cuda` feature: compiles cuda/fused.cu into a fat binary in OUT_DIR, with machine code
 //! for the data-centre and desktop GPUs of the last generations (so the driver has nothing to
-//! compile on a machine's first run) and PTX for anything newer. Needs nvcc: CUDA_PATH/bin, else
+//! compile on a machine's first run) and PTX for the others. Needs nvcc: CUDA_PATH/bin, else
 //! PATH (`npm run build:cuda` provides one). Without the feature it does nothing.
 
 use std::path::PathBuf;
@@ -39,8 +39,9 @@ fn main() {
     for arch in &archs {
         cmd.arg(format!("-gencode=arch=compute_{arch},code=sm_{arch}"));
     }
-    // PTX of the oldest architecture, which the driver compiles for GPUs newer than the list.
-    cmd.arg("-gencode=arch=compute_80,code=compute_80");
+    // PTX for Turing (T4, RTX 20xx: the oldest CUDA 13 supports; the kernels only convert bf16,
+    // which it emulates) and, compiled by the driver, anything newer than the list.
+    cmd.arg("-gencode=arch=compute_75,code=compute_75");
     if let Some(ccbin) = std::env::var_os("NVCC_CCBIN") {
         cmd.arg("-ccbin").arg(ccbin);
     }

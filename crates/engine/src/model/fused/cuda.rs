@@ -1,6 +1,6 @@
-//! Launches of `cuda/fused.cu` on candle's CUDA tensors. The kernels are built by build.rs into a
-//! fat binary with machine code for sm_80/86/89/90 (and the build's own architecture) plus PTX, so
-//! they load without the driver compiling them.
+//! Launches of `cuda/fused.cu` on candle's CUDA tensors. build.rs makes the kernels a fat binary:
+//! machine code for sm_80/86/89/90 (and the build's own architecture), which loads without the
+//! driver compiling it, and PTX for the other GPUs from sm_75 on.
 //!
 //! Kernels run on the device's stream, the one candle's ops use, so they are ordered with them;
 //! tensors are passed as device addresses, and every tensor read or written stays alive (held by
