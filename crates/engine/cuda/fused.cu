@@ -25,23 +25,37 @@ template <> __device__ __forceinline__ __half from_float<__half>(float x) { retu
 // x rounded to T and back: where candle stores an intermediate, so do we.
 template <typename T> __device__ __forceinline__ float round_to(float x) { return to_float(from_float<T>(x)); }
 
-__device__ __forceinline__ float warp_sum(float v) {
+struct Add {
+    static constexpr float identity = 0.f;
+    __device__ __forceinline__ float operator()(float a, float b) const { return a + b; }
+};
+struct Max {
+    static constexpr float identity = -INFINITY;
+    __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+// The reduction over the warp, returned to every lane.
+template <typename Op> __device__ __forceinline__ float warp_reduce(float v) {
 #pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    for (int offset = 16; offset > 0; offset >>= 1) v = Op()(v, __shfl_xor_sync(0xffffffffu, v, offset));
     return v;
 }
 
-// The sum over the block (blockDim.x a multiple of 32), returned to every thread.
-__device__ float block_sum(float v) {
-    __shared__ float warp_sums[32];
+// The reduction over the block (blockDim.x a multiple of 32), returned to every thread.
+template <typename Op> __device__ float block_reduce(float v) {
+    __shared__ float partials[32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    v = warp_sum(v);
-    if (lane == 0) warp_sums[warp] = v;
+    v = warp_reduce<Op>(v);
+    if (lane == 0) partials[warp] = v;
     __syncthreads();
-    v = warp_sum(lane < warps ? warp_sums[lane] : 0.f);
-    __syncthreads();  // warp_sums may be reused by the caller's next block_sum
+    v = warp_reduce<Op>(lane < warps ? partials[lane] : Op::identity);
+    __syncthreads();  // partials may be reused by the caller's next reduction
     return v;
 }
+
+__device__ __forceinline__ float warp_sum(float v) { return warp_reduce<Add>(v); }
+__device__ __forceinline__ float block_sum(float v) { return block_reduce<Add>(v); }
+__device__ __forceinline__ float block_max(float v) { return block_reduce<Max>(v); }
 
 // One block per row. out holds two (rows, n) matrices: first x + h, then rmsnorm(x + h) * w.
 template <typename T>
@@ -220,22 +234,13 @@ __device__ void attn_combine(const float* partial, T* out, int chunks, int d) {
 // candle's scale, mask upload and add, and softmax: three passes over the scores and a host mask.
 template <typename T>
 __device__ void causal_softmax(const T* scores, T* out, int n, int start, int total, float scale) {
-    __shared__ float row_max[32];
     const size_t row = blockIdx.x;
     const T* in = scores + row * total;
     T* dst = out + row * total;
     const int visible = min(total, start + (int)(row % n) + 1);
     float m = -INFINITY;
     for (int j = threadIdx.x; j < visible; j += blockDim.x) m = fmaxf(m, to_float(in[j]) * scale);
-    // Block max: the same reduction as block_sum, with max.
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
-    if (lane == 0) row_max[warp] = m;
-    __syncthreads();
-    m = lane < warps ? row_max[lane] : -INFINITY;
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
+    m = block_max(m);
     float sum = 0.f;
     for (int j = threadIdx.x; j < visible; j += blockDim.x) sum += __expf(to_float(in[j]) * scale - m);
     const float inv = 1.f / block_sum(sum);
