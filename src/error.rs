@@ -15,13 +15,9 @@ pub fn invalid(msg: impl std::fmt::Display) -> napi::Error {
 /// Runs `f`, turning a panic into `ERR_INTERNAL` so that no panic unwinds into Node.
 pub fn guard<T>(f: impl FnOnce() -> napi::Result<T>) -> napi::Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
-        let what = p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
         Err(to_napi(EngineError::Internal(format!(
-            "panic in the binding: {what}"
+            "panic in the binding: {}",
+            qwen_engine::error::panic_text(p.as_ref())
         ))))
     })
 }

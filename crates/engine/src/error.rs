@@ -64,7 +64,7 @@ impl EngineError {
 }
 
 /// The message a caught panic carried ("unknown panic" when it was not text).
-pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

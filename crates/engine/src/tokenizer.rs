@@ -7,6 +7,7 @@
 use crate::error::{EngineError, Result};
 use candle_core::quantized::gguf_file;
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::normalizers::unicode::NFC;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -169,10 +170,32 @@ impl Tokenizer {
             })
             .transpose()?
             .unwrap_or_default();
+        // Byte-level BPE joins pieces as they are; tokenizers also panics building merges that
+        // are shorter than a continuation prefix.
+        for affix in ["continuing_subword_prefix", "end_of_word_suffix"] {
+            match value.get("model").and_then(|m| m.get(affix)) {
+                None | Some(serde_json::Value::Null) => {}
+                Some(serde_json::Value::String(s)) if s.is_empty() => {}
+                Some(other) => {
+                    return Err(EngineError::load(format!(
+                    "unsupported tokenizer.json: model.{affix} is {other}; byte-level BPE has none"
+                )))
+                }
+            }
+        }
         // Added tokens are matched by `encode_segments`; the inner tokenizer only runs BPE.
         value["added_tokens"] = serde_json::Value::Array(vec![]);
-        let tk: tokenizers::Tokenizer = serde_json::from_value(value)
-            .map_err(|e| EngineError::load(format!("unsupported tokenizer.json: {e}")))?;
+        // The file is input: a panic in the library parsing it is a load error like any other.
+        let tk: tokenizers::Tokenizer = catch_unwind(AssertUnwindSafe(|| {
+            serde_json::from_value(value)
+                .map_err(|e| EngineError::load(format!("unsupported tokenizer.json: {e}")))
+        }))
+        .map_err(|panic| {
+            EngineError::load(format!(
+                "tokenizer.json could not be read: {}",
+                crate::error::panic_text(panic.as_ref())
+            ))
+        })??;
         Self::assemble(tk, added)
     }
 

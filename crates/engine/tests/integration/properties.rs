@@ -469,9 +469,12 @@ fn real_header() -> &'static [u8] {
 }
 
 /// The corrupt tokenizer.json files these properties found: a root that is not an object
-/// panicked, and an id near 2^32 sized the id table to ~100 GB (an abort, not an error).
+/// panicked, an id near 2^32 sized the id table to ~100 GB (an abort, not an error), and a
+/// continuation prefix longer than a merged piece panicked in the tokenizers library.
 #[test]
 fn corrupt_tokenizer_json_found_by_these_properties_is_refused() {
+    let mut long_prefix = small_tokenizer_json().clone();
+    long_prefix["model"]["continuing_subword_prefix"] = json!("```json\n");
     let mut huge_added = small_tokenizer_json().clone();
     huge_added["added_tokens"][0]["id"] = json!(4_294_967_295u64);
     let mut wide_added = small_tokenizer_json().clone();
@@ -481,6 +484,7 @@ fn corrupt_tokenizer_json_found_by_these_properties_is_refused() {
     for spec in [
         json!([]),
         json!("tokenizer"),
+        long_prefix,
         huge_added,
         wide_added,
         huge_vocab,
