@@ -7,12 +7,14 @@
 //   ~/.cache/qwen-native/cuda-13.0). No GPU is needed to build.
 // - Libraries: nothing CUDA is linked dynamically. cudart is linked statically; the driver,
 //   cuBLAS, cuBLASLt, cuRAND and NVRTC are loaded at run time (cudarc's dynamic loading, which
-//   candle-core 0.11 does not enable: a patched copy of its manifest is used for this build only).
+//   candle-core 0.11 does not enable: patched copies of candle's crates serve this build only).
 //   So the addon loads on any Linux x64 machine: `device: 'auto'` falls back to the CPU where CUDA
 //   is unusable and `device: 'cuda'` names what is missing.
 // - Kernels: CUDA_COMPUTE_CAP (e.g. 90 for H100/H200, 89 for L4/RTX 40xx, 80 for A100), default the
-//   local GPU's, else 80. The PTX kernels run on that architecture and newer; the quantized (GGUF)
-//   kernels are machine code for that architecture's generation only.
+//   local GPU's, else 80. candle's kernels are machine code for that architecture (so the driver
+//   compiles nothing on a machine's first run) plus PTX, which runs on later GPUs up to sm_89 and,
+//   from sm_90 on, only on that one architecture (candle compiles for sm_90a and the like). The
+//   quantized (GGUF) kernels are machine code for that architecture's generation only.
 // - CPU code: portable x86-64-v3 (AVX2/FMA), not target-cpu=native (QWEN_NATIVE_TARGET_CPU overrides).
 // Output: qwen-native.node + qwen-native.build.json, and target/cuda/release/qwen-bench.
 import { spawnSync } from 'node:child_process'
@@ -98,23 +100,71 @@ function staticCudartDir(cuda) {
   return dir
 }
 
-/** candle-core's sources with cudarc switched from linking the CUDA libraries to loading them. */
-function candleCoreLoadingCuda() {
-  const meta = run('cargo', ['metadata', '--format-version', '1', '--locked'], { cwd: root, maxBuffer: 256 << 20 })
+/** Where cargo keeps each crate's sources: { name: { version, dir } }. */
+function cratePackages() {
+  const meta = run('cargo', ['metadata', '--format-version', '1', '--locked', '--features', 'qwen-native/cuda'], { cwd: root, maxBuffer: 256 << 20 })
   if (meta.status !== 0) fail(`cargo metadata failed:\n${meta.stderr}`)
-  const pkg = JSON.parse(meta.stdout).packages.find((p) => p.name === 'candle-core')
-  const source = path.dirname(pkg.manifest_path)
-  const dest = path.join(targetDir, `candle-core-${pkg.version}-dynamic-loading`)
-  const manifest = path.join(dest, 'Cargo.toml')
-  const text = readFileSync(path.join(source, 'Cargo.toml'), 'utf8')
-  if (!text.includes('"dynamic-linking"')) fail(`candle-core ${pkg.version} no longer names cudarc's dynamic-linking: review scripts/build-cuda.mjs`)
-  const patched = text.replace('"dynamic-linking"', '"dynamic-loading"')
+  return Object.fromEntries(JSON.parse(meta.stdout).packages.map((p) => [p.name, { version: p.version, dir: path.dirname(p.manifest_path) }]))
+}
+
+/**
+ * A copy of a crate's sources under target/cuda with `edits` made: { file: [[from, to], ...] }
+ * (each `from` must occur: a new candle release that moved it needs this script reviewed) and
+ * `added` files copied in: { file: source }. Returns the copy's folder.
+ */
+function patchedCrate(pkg, name, edits, added = {}) {
+  const dest = path.join(targetDir, `${name}-${pkg.version}-patched`)
+  const files = {}
+  for (const [file, replacements] of Object.entries(edits)) {
+    let text = readFileSync(path.join(pkg.dir, file), 'utf8')
+    for (const [from, to] of replacements) {
+      if (!text.includes(from)) fail(`${name} ${pkg.version}'s ${file} no longer has ${JSON.stringify(from)}: review scripts/build-cuda.mjs`)
+      text = text.replace(from, to)
+    }
+    files[file] = text
+  }
+  for (const [file, source] of Object.entries(added)) files[file] = readFileSync(source, 'utf8')
   // A fresh copy would have new timestamps, and cargo would rebuild candle and all above it.
-  if (existsSync(manifest) && readFileSync(manifest, 'utf8') === patched) return dest
+  const current = Object.entries(files).every(([file, text]) => existsSync(path.join(dest, file)) && readFileSync(path.join(dest, file), 'utf8') === text)
+  if (current) return dest
   rmSync(dest, { recursive: true, force: true })
-  cpSync(source, dest, { recursive: true })
-  writeFileSync(manifest, patched)
+  cpSync(pkg.dir, dest, { recursive: true })
+  for (const [file, text] of Object.entries(files)) writeFileSync(path.join(dest, file), text)
   return dest
+}
+
+/**
+ * candle-core and candle-kernels as this build needs them, as `--config` patch arguments:
+ * - cudarc loads the CUDA libraries at run time instead of linking them (candle-core's manifest);
+ * - candle's kernels are fat binaries with machine code for the target GPU, not PTX alone, so
+ *   no driver compile on a machine's first run (candle-kernels' build script and module type,
+ *   and the one line of candle-core that loads a module).
+ */
+function patchedCandle() {
+  const packages = cratePackages()
+  const core = patchedCrate(packages['candle-core'], 'candle-core', {
+    'Cargo.toml': [['"dynamic-linking"', '"dynamic-loading"']],
+    'src/cuda_backend/device.rs': [['self.context.load_module(mdl.ptx().into())', 'self.context.load_module(cudarc::nvrtc::Ptx::from_binary(mdl.ptx().to_vec()))']],
+  })
+  const kernels = patchedCrate(
+    packages['candle-kernels'],
+    'candle-kernels',
+    {
+      'build.rs': [
+        ['use cudaforge::', 'mod fatbin;\nuse cudaforge::'],
+        ['bindings.write(&ptx_path)?;', 'bindings.write(&ptx_path)?;\n    fatbin::write_modules(&out_dir, &ptx_path);'],
+      ],
+      'src/lib.rs': [
+        ['ptx: &\'static str,', 'ptx: &\'static [u8],'],
+        ['pub fn ptx(&self) -> &\'static str {', 'pub fn ptx(&self) -> &\'static [u8] {'],
+      ],
+    },
+    { 'fatbin.rs': path.join(root, 'scripts', 'cuda', 'candle-kernels-fatbin.rs') },
+  )
+  return [
+    '--config', `patch.crates-io.candle-core.path=${JSON.stringify(core)}`,
+    '--config', `patch.crates-io.candle-kernels.path=${JSON.stringify(kernels)}`,
+  ]
 }
 
 /** The shared libraries `file` needs (ELF DT_NEEDED), via readelf where present. */
@@ -129,7 +179,7 @@ const cuda = toolkit()
 const cap = computeCap()
 const targetCpu = process.env.QWEN_NATIVE_TARGET_CPU ?? 'x86-64-v3'
 log(`CUDA ${cuda.version} at ${cuda.dir}; kernels for sm_${cap}; CPU code for ${targetCpu}`)
-const patched = candleCoreLoadingCuda()
+const candlePatches = patchedCandle()
 const env = {
   ...process.env,
   PATH: `${path.join(cuda.dir, 'bin')}${path.delimiter}${process.env.PATH}`,
@@ -148,7 +198,7 @@ const lock = readFileSync(lockfile)
 try {
   cargo(
     [
-      'build', '--release', '--config', `patch.crates-io.candle-core.path=${JSON.stringify(patched)}`,
+      'build', '--release', ...candlePatches,
       '-p', 'qwen-native', '-p', 'qwen-engine', '--features', 'qwen-native/cuda,qwen-engine/cuda',
       '--lib', '--bin', 'qwen-bench',
     ],

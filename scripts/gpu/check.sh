@@ -89,8 +89,8 @@ bench() { # tag model prompt_tokens [env...]
   echo "rc=$?"; cat "$RESULTS/qb_$tag.json"; tail -c 2000 "$RESULTS/qb_$tag.err"
 }
 if want bench; then
-  # The driver's kernel cache starts empty, so the first run pays what a fresh machine pays once
-  # (compiling candle's PTX kernels; ours are machine code); the runs after it find them compiled.
+  # The driver's kernel cache starts empty, so the first run pays what a fresh machine pays once:
+  # nothing, if every kernel's machine code for this GPU is in the binary as it should be.
   export CUDA_CACHE_PATH=$WORK/nv-cache
   rm -rf "$CUDA_CACHE_PATH"
   bench m7_cold m7 512

@@ -281,12 +281,18 @@ mod cuda {
         if let (Some(built), Ok(cuda)) = (built_arch(), device.as_cuda_device()) {
             let ctx = cuda.cuda_stream().context().clone();
             let gpu = ctx.compute_capability().map_err(|e| e.to_string())?;
-            // PTX runs on its own and later architectures; the prebuilt SASS of the quantized
-            // kernels only within one major version.
-            if gpu < built {
+            // candle's kernels carry PTX, which runs on its own and later architectures, except
+            // that from sm_90 on candle compiles for one architecture only (sm_90a). The prebuilt
+            // machine code of the quantized kernels is checked at their load.
+            let (runs, which) = if built.0 >= 9 {
+                (gpu == built, "only")
+            } else {
+                (gpu >= built, "and newer")
+            };
+            if !runs {
                 return Err(format!(
-                    "this GPU is sm_{}{}, but this build targets sm_{}{} and newer; rebuild with \
-                     CUDA_COMPUTE_CAP={}{} npm run build:cuda",
+                    "this GPU is sm_{}{}, but this build's kernels target sm_{}{} {which}; rebuild \
+                     with CUDA_COMPUTE_CAP={}{} npm run build:cuda",
                     gpu.0, gpu.1, built.0, built.1, gpu.0, gpu.1
                 ));
             }
