@@ -131,8 +131,7 @@ impl Attention {
                 });
             }
         } else {
-            let (q_all, k_all, v_all) =
-                (self.q.forward(x)?, self.k.forward(x)?, self.v.forward(x)?);
+            let [q_all, k_all, v_all] = Linear::forward_each(x, [&self.q, &self.k, &self.v])?;
             for span in spans.iter_mut() {
                 let (offset, n, start) = (span.offset, span.len, span.cache.len());
                 let heads = |t: &Tensor, h: usize| {
@@ -227,6 +226,7 @@ fn attend_on_cpu(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tens
     let (v_storage, v_layout) = v.storage_and_layout();
     let queries = strided_view(&q_storage, q_layout)?;
     let out = kernels::attention::causal_attention(
+        kernels::level(),
         &queries.data[queries.offset..queries.offset + heads * rows * dim],
         strided_view(&k_storage, k_layout)?,
         strided_view(&v_storage, v_layout)?,
