@@ -23,26 +23,39 @@ impl Matrix {
 
     /// `x` (..., in_features) times the matrix transposed: (..., out_features).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let [y] = Self::forward_each(x, [self])?;
+        Ok(y)
+    }
+
+    /// `x` times each of `matrices` (a layer's q/k/v or gate/up, which share their input).
+    /// Where our kernels run them all, the input is copied out and quantized once for all.
+    pub fn forward_each<const N: usize>(x: &Tensor, matrices: [&Self; N]) -> Result<[Tensor; N]> {
+        let packed = matrices.map(|m| match m {
+            Self::Packed(w) => Some(w),
+            Self::Candle(_) => None,
+        });
+        let products: Vec<Tensor> = if packed.iter().all(Option::is_some) {
+            let a = Input::quantize(x, packed.iter().flatten().map(|w| w.cols()))?;
+            packed
+                .iter()
+                .flatten()
+                .map(|w| a.times(w))
+                .collect::<Result<_>>()?
+        } else {
+            matrices
+                .iter()
+                .map(|m| m.forward_alone(x))
+                .collect::<Result<_>>()?
+        };
+        Ok(products
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one product per matrix")))
+    }
+
+    fn forward_alone(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::Candle(m) => m.forward(x),
-            Self::Packed(w) => {
-                let mut dims = x.dims().to_vec();
-                let k = dims.pop().unwrap_or(0);
-                if k != w.cols() {
-                    candle_core::bail!(
-                        "input {:?} does not match a matrix of {} columns",
-                        x.dims(),
-                        w.cols()
-                    );
-                }
-                let rows = x.elem_count() / k.max(1);
-                let values = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                let a = Q8Blocks::quantize(&values, rows, k);
-                let mut out = vec![0f32; rows * w.rows()];
-                w.matmul(kernels::level(), &a, &mut out);
-                dims.push(w.rows());
-                Tensor::from_vec(out, dims, &Device::Cpu)?.to_dtype(x.dtype())
-            }
+            Self::Packed(w) => Input::quantize(x, [w.cols()])?.times(w),
         }
     }
 
@@ -55,6 +68,46 @@ impl Matrix {
                 Ok(())
             }),
         }
+    }
+}
+
+/// Activations as our kernels take them: 8-bit blocks of the rows of `x`.
+struct Input {
+    a: Q8Blocks,
+    /// `x`'s dimensions but the last.
+    dims: Vec<usize>,
+    dtype: DType,
+}
+
+impl Input {
+    /// `x` (..., k) for matrices of `columns` (each must be k).
+    fn quantize(x: &Tensor, columns: impl IntoIterator<Item = usize>) -> Result<Self> {
+        let mut dims = x.dims().to_vec();
+        let k = dims.pop().unwrap_or(0);
+        for cols in columns {
+            if cols != k {
+                candle_core::bail!(
+                    "input {:?} does not match a matrix of {cols} columns",
+                    x.dims()
+                );
+            }
+        }
+        let rows = x.elem_count() / k.max(1);
+        let values = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Self {
+            a: Q8Blocks::quantize(&values, rows, k),
+            dims,
+            dtype: x.dtype(),
+        })
+    }
+
+    /// (..., w.rows()) in the input's dtype.
+    fn times(&self, w: &Packed) -> Result<Tensor> {
+        let mut out = vec![0f32; self.a.rows() * w.rows()];
+        w.matmul(kernels::level(), &self.a, &mut out);
+        let mut dims = self.dims.clone();
+        dims.push(w.rows());
+        Tensor::from_vec(out, dims, &Device::Cpu)?.to_dtype(self.dtype)
     }
 }
 

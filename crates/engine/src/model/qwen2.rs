@@ -32,11 +32,27 @@ impl Linear {
     }
 
     pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.project(x)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
-        }
+        let [y] = Self::forward_each(x, [self])?;
+        Ok(y)
+    }
+
+    /// `x` through each of `layers`, which share it as input (see [`Matrix::forward_each`]).
+    pub(super) fn forward_each<const N: usize>(
+        x: &Tensor,
+        layers: [&Self; N],
+    ) -> candle_core::Result<[Tensor; N]> {
+        let products = Matrix::forward_each(x, layers.map(|l| &l.weight))?;
+        let biased = layers
+            .iter()
+            .zip(products)
+            .map(|(l, y)| match &l.bias {
+                Some(b) => y.broadcast_add(b),
+                None => Ok(y),
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(biased
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one output per layer")))
     }
 
     /// `x` times the weight, without the bias (for a kernel that adds it on the way).
@@ -68,7 +84,7 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor, fused: Option<&Fused>) -> candle_core::Result<Tensor> {
-        let (gate, up) = (self.gate.forward(x)?, self.up.forward(x)?);
+        let [gate, up] = Linear::forward_each(x, [&self.gate, &self.up])?;
         let hidden = match fused {
             Some(fused) => fused.silu_mul(&gate, &up)?,
             None if gate.device().is_cpu() && gate.dtype() == DType::F32 => {
