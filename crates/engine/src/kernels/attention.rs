@@ -73,18 +73,18 @@ pub fn causal_attention(
         scale: 1.0 / (dim as f32).sqrt(),
         out: out.as_mut_ptr() as usize,
     };
-    let avx2 = cfg!(target_arch = "x86_64") && level >= Level::Avx2;
     candle_core::utils::barrier_pool().execute_chunked(heads / heads_per_item * rows, |items| {
         let mut scores = Vec::with_capacity(heads_per_item * positions);
         let mut acc = vec![0f32; heads_per_item * dim];
         for item in items {
-            #[cfg(target_arch = "x86_64")]
-            if avx2 {
+            match level {
                 // SAFETY: the CPU has AVX2 (the level is never above the detected one).
-                unsafe { job.item_avx2(item, &mut scores, &mut acc) };
-                continue;
+                #[cfg(target_arch = "x86_64")]
+                Level::Avx2 | Level::Avx512Vnni => unsafe {
+                    job.item_avx2(item, &mut scores, &mut acc)
+                },
+                _ => job.item::<false>(item, &mut scores, &mut acc),
             }
-            job.item::<false>(item, &mut scores, &mut acc);
         }
     });
     out
@@ -189,7 +189,7 @@ impl Job<'_> {
     }
 }
 
-/// Query heads per KV head an item can hold (Qwen2.5: 2 to 7); models with more take one a time.
+/// Query heads per KV head an item can hold (Qwen2.5: 2 to 7); models with more take one at a time.
 const MAX_GROUP: usize = 16;
 
 /// Dot product in 8 lanes summed in a fixed order (vectorizes, and is the same on every call).
