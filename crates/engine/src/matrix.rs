@@ -5,7 +5,7 @@
 use crate::kernels::q8_0::Q8Blocks;
 use crate::kernels::{self, packed::Packed};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Storage, Tensor};
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -93,9 +93,8 @@ impl Input {
             }
         }
         let rows = x.elem_count() / k.max(1);
-        let values = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         Ok(Self {
-            a: Q8Blocks::quantize(&values, rows, k),
+            a: with_cpu_f32(x, |values| Q8Blocks::quantize(values, rows, k))?,
             dims,
             dtype: x.dtype(),
         })
@@ -109,6 +108,20 @@ impl Input {
         dims.push(w.rows());
         Tensor::from_vec(out, dims, &Device::Cpu)?.to_dtype(self.dtype)
     }
+}
+
+/// `f` of a tensor's values as f32, row-major: read in place from a contiguous f32 tensor on the
+/// CPU (a prompt's activations are megabytes), copied out of any other.
+pub fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    if t.dtype() == DType::F32 && t.is_contiguous() {
+        let (storage, layout) = t.storage_and_layout();
+        if let Storage::Cpu(cpu) = &*storage {
+            let values = &cpu.as_slice::<f32>()?[layout.start_offset()..][..t.elem_count()];
+            return Ok(f(values));
+        }
+    }
+    let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(f(&values))
 }
 
 /// The token embedding: a [`Matrix`] (when it is also the LM head, or not on the CPU), or rows

@@ -7,8 +7,8 @@ use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
 use crate::loader::{LayerWeight, WeightName, WeightSource};
-use crate::matrix::{Embedding, Matrix};
-use candle_core::{DType, Device, Storage, Tensor};
+use crate::matrix::{with_cpu_f32, Embedding, Matrix};
+use candle_core::{DType, Device, Tensor};
 
 pub(super) struct Linear {
     weight: Matrix,
@@ -98,20 +98,10 @@ impl Mlp {
 
 /// silu(gate) · up with our exp, not libm's: the same bits on every platform (kernels::math).
 fn swiglu_on_cpu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
-    let (gate, up) = (gate.contiguous()?, up.contiguous()?);
-    let (g_storage, g_layout) = gate.storage_and_layout();
-    let (u_storage, u_layout) = up.storage_and_layout();
-    let (Storage::Cpu(g), Storage::Cpu(u)) = (&*g_storage, &*u_storage) else {
-        candle_core::bail!("CPU SwiGLU on a tensor off the CPU");
-    };
-    let n = gate.elem_count();
-    let g = &g.as_slice::<f32>()?[g_layout.start_offset()..][..n];
-    let u = &u.as_slice::<f32>()?[u_layout.start_offset()..][..n];
-    Tensor::from_vec(
-        crate::kernels::math::silu_mul(g, u),
-        gate.shape(),
-        &Device::Cpu,
-    )
+    let hidden = with_cpu_f32(gate, |g| {
+        with_cpu_f32(up, |u| crate::kernels::math::silu_mul(g, u))
+    })??;
+    Tensor::from_vec(hidden, gate.shape(), &Device::Cpu)
 }
 
 /// (x + h, norm(x + h)): one fused kernel where there is one.
