@@ -58,7 +58,8 @@ pub fn causal_attention(
     // and value row is read once for all of them: whole groups where that still shares the work
     // evenly between threads (prompts; a decode step with as many KV heads as threads), single
     // heads otherwise.
-    let threads = candle_core::utils::get_num_threads();
+    let pool = candle_core::utils::barrier_pool();
+    let threads = pool.n_workers() + 1;
     let group_items = kv_heads * rows;
     let even = group_items >= 4 * threads || group_items.is_multiple_of(threads);
     let heads_per_item = if even && group <= MAX_GROUP { group } else { 1 };
@@ -73,7 +74,7 @@ pub fn causal_attention(
         scale: 1.0 / (dim as f32).sqrt(),
         out: out.as_mut_ptr() as usize,
     };
-    candle_core::utils::barrier_pool().execute_chunked(heads / heads_per_item * rows, |items| {
+    pool.execute_chunked(heads / heads_per_item * rows, |items| {
         let mut scores = Vec::with_capacity(heads_per_item * positions);
         let mut acc = vec![0f32; heads_per_item * dim];
         for item in items {
