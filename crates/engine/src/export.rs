@@ -172,32 +172,29 @@ pub fn hf_dir_to_gguf(
             .into_iter()
             .filter(|(k, _)| k.starts_with("tokenizer.")),
     );
-    let metadata_refs: Vec<(&str, &Value)> =
-        metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tensor_refs: Vec<(&str, &QTensor)> =
-        quantized.iter().map(|(k, t)| (k.as_str(), t)).collect();
-    let mut file = std::io::BufWriter::new(
-        std::fs::File::create(out)
-            .map_err(|e| EngineError::Internal(format!("creating {}: {e}", out.display())))?,
-    );
-    gguf_file::write(&mut file, &metadata_refs, &tensor_refs)?;
-    Ok(())
+    write_gguf(out, &metadata, &quantized)
 }
 
 /// Copies a GGUF file's metadata (tokenizer, template, hyper-parameters) without its tensors: a
 /// few MB that carry a vocabulary to where [`hf_dir_to_gguf`] runs.
 pub fn gguf_metadata_only(gguf: &Path, out: &Path) -> Result<()> {
     let content = read_gguf_metadata(gguf)?;
-    let metadata: Vec<(&str, &gguf_file::Value)> = content
-        .metadata
-        .iter()
-        .map(|(k, v)| (k.as_str(), v))
-        .collect();
+    let metadata: Vec<_> = content.metadata.into_iter().collect();
+    write_gguf(out, &metadata, &[])
+}
+
+fn write_gguf(
+    out: &Path,
+    metadata: &[(String, gguf_file::Value)],
+    tensors: &[(String, QTensor)],
+) -> Result<()> {
+    let metadata: Vec<_> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensors: Vec<_> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
     let mut file = std::io::BufWriter::new(
         std::fs::File::create(out)
             .map_err(|e| EngineError::Internal(format!("creating {}: {e}", out.display())))?,
     );
-    gguf_file::write(&mut file, &metadata, &[])?;
+    gguf_file::write(&mut file, &metadata, &tensors)?;
     Ok(())
 }
 
@@ -208,37 +205,30 @@ fn read_gguf_metadata(path: &Path) -> Result<gguf_file::Content> {
     Ok(gguf_file::Content::read(&mut file)?)
 }
 
-/// Quantizes the matrices on every core (a 7B in k-quants is minutes on one), in name order.
+/// Quantizes the matrices on every core of the kernels' pool (a 7B in k-quants is minutes on
+/// one), in name order.
 fn quantize_all(
     names: &[WeightName],
     tensors: Vec<(String, Tensor)>,
     quantization: GgmlDType,
 ) -> Result<Vec<(String, QTensor)>> {
-    let jobs: Vec<_> = names.iter().zip(tensors).collect();
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut done: Vec<Option<Result<QTensor>>> = (0..jobs.len()).map(|_| None).collect();
-    let results = std::sync::Mutex::new(&mut done);
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some((name, (_, tensor))) = jobs.get(i) else {
-                    break;
-                };
-                let result = quantize_one(**name, tensor, quantization);
-                if let Ok(mut slots) = results.lock() {
-                    slots[i] = Some(result);
-                }
-            });
+    // Uncontended locks hand each thread its own results, as in the kernels' packing.
+    let done: Vec<std::sync::Mutex<Option<Result<QTensor>>>> =
+        tensors.iter().map(|_| Default::default()).collect();
+    candle_core::utils::barrier_pool().execute_chunked(tensors.len(), |items| {
+        for i in items {
+            let result = quantize_one(names[i], &tensors[i].1, quantization);
+            *done[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
         }
     });
-    jobs.iter()
+    tensors
+        .into_iter()
         .zip(done)
-        .map(|((_, (key, _)), result)| {
+        .map(|((key, _), result)| {
+            let result = result.into_inner().unwrap_or_else(|e| e.into_inner());
             let q =
                 result.unwrap_or_else(|| Err(EngineError::Internal("quantizer stopped".into())))?;
-            Ok((key.clone(), q))
+            Ok((key, q))
         })
         .collect()
 }
